@@ -1,0 +1,45 @@
+"""Resampling shared by converters: image by area, depth and labels by nearest, intrinsics scaled."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> (H', W', 3) with area averaging when shrinking, bilinear when enlarging."""
+    w, h = size
+    if rgb.shape[1] == w and rgb.shape[0] == h:
+        return rgb
+    shrinking = w <= rgb.shape[1] and h <= rgb.shape[0]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (w, h), interpolation=interp)
+
+
+def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize for depth codes and class ids: no value is invented.
+
+    Sample positions are pixel centres, (x + 0.5) * W / W' - 0.5, rounded; OpenCV's INTER_NEAREST
+    floors instead, which shifts the result by up to half a pixel.
+    """
+    w, h = size
+    src_h, src_w = image.shape[:2]
+    if (src_w, src_h) == (w, h):
+        return image
+    xs = np.clip(np.floor((np.arange(w) + 0.5) * src_w / w).astype(np.int64), 0, src_w - 1)
+    ys = np.clip(np.floor((np.arange(h) + 0.5) * src_h / h).astype(np.int64), 0, src_h - 1)
+    return np.ascontiguousarray(image[ys[:, None], xs[None, :]])
+
+
+def scale_intrinsics(
+    intrinsics: dict[str, float], src_size: tuple[int, int], dst_size: tuple[int, int]
+) -> dict[str, float]:
+    """Scale fx, fy, cx, cy from ``src_size`` (W, H) to ``dst_size`` (pixel-centre convention)."""
+    sx = dst_size[0] / src_size[0]
+    sy = dst_size[1] / src_size[1]
+    return {
+        "fx": intrinsics["fx"] * sx,
+        "fy": intrinsics["fy"] * sy,
+        "cx": (intrinsics["cx"] + 0.5) * sx - 0.5,
+        "cy": (intrinsics["cy"] + 0.5) * sy - 0.5,
+    }

@@ -1,0 +1,271 @@
+"""The sample schema: one table names every member of a sample, its tar extension, codec and dtype.
+
+Writer, reader, verify, preview, docs and tests derive from :data:`FIELDS`; no other module spells a
+member's extension. Codecs are dispatched by extension through :data:`CODECS`, as WebDataset does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from datakit.errors import SampleError
+
+SCHEMA_VERSION = 1
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+RGB_FORMATS = ("jpg", "png")
+
+# Metadata every KEY.json must hold (SPEC 2); optional ones are checked for type when present.
+REQUIRED_META = ("source", "id", "split", "width", "height", "depth_scale", "depth_unit")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one member's bytes map to an array or object."""
+
+    encode: Callable[..., bytes]
+    decode: Callable[[bytes], Any]
+
+
+def _encode_jpg(rgb: np.ndarray, *, jpeg_quality: int = 95) -> bytes:
+    ok, buf = cv2.imencode(
+        ".jpg",
+        np.ascontiguousarray(rgb[..., ::-1]),
+        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)],
+    )
+    if not ok:
+        raise SampleError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _encode_png(image: np.ndarray, **_: Any) -> bytes:
+    arr = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)
+    # Compression 1: PNG size within ~10% of level 9 at a fraction of the encode time.
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise SampleError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _decode_image(data: bytes, *, color: bool) -> np.ndarray:
+    buf = np.frombuffer(data, np.uint8)
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(buf, flag)
+    if img is None:
+        raise SampleError("image bytes do not decode")
+    if color:
+        return np.ascontiguousarray(img[..., ::-1])
+    return img
+
+
+def _decode_rgb(data: bytes) -> np.ndarray:
+    return _decode_image(data, color=True)
+
+
+def _decode_gray(data: bytes) -> np.ndarray:
+    # IMREAD_UNCHANGED keeps 16-bit PNGs bit-exact (WebDataset's PIL decoders would cut them to 8 bits).
+    return _decode_image(data, color=False)
+
+
+def _encode_json(meta: Mapping[str, Any], **_: Any) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _decode_json(data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SampleError(f"metadata is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SampleError("metadata JSON is not an object")
+    return obj
+
+
+# Extension -> codec. The only place codecs are bound to file extensions.
+CODECS: dict[str, Codec] = {
+    "rgb.jpg": Codec(_encode_jpg, _decode_rgb),
+    "rgb.png": Codec(_encode_png, _decode_rgb),
+    "depth.png": Codec(_encode_png, _decode_gray),
+    "label.png": Codec(_encode_png, _decode_gray),
+    "json": Codec(_encode_json, _decode_json),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One member of a sample: attribute name, tar extension(s), dtypes, and whether it must exist."""
+
+    name: str
+    extensions: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    channels: int | None
+    required: bool
+    doc: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("rgb", ("rgb.jpg", "rgb.png"), ("uint8",), 3, True,
+          "8-bit RGB image, H x W x 3"),
+    Field("depth", ("depth.png",), ("uint16",), 1, False,
+          "16-bit single-channel PNG, H x W; 0 = invalid; physical value = pixel x depth_scale"),
+    Field("label", ("label.png",), ("uint8", "uint16"), 1, False,
+          "8- or 16-bit single-channel class ids, H x W; ignore_index from _info.json"),
+    Field("meta", ("json",), (), None, True,
+          "metadata object: " + ", ".join(REQUIRED_META) + ", and intrinsics/pose where known"),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+# Every extension a reader decodes; anything else in a shard is ignored (never unpickled).
+DECLARED_EXTENSIONS = tuple(ext for f in FIELDS for ext in f.extensions)
+EXTENSION_TO_FIELD = {ext: f for f in FIELDS for ext in f.extensions}
+
+
+@dataclass
+class Sample:
+    """One RGB-D frame as a converter produces it.
+
+    ``depth`` holds the stored 16-bit codes (physical = code x ``meta["depth_scale"]``, 0 invalid);
+    ``None`` for sources without an exogenous channel. ``label`` is uint8/uint16 or ``None``.
+    """
+
+    key: str
+    split: str
+    rgb: np.ndarray
+    meta: dict[str, Any]
+    depth: np.ndarray | None = None
+    label: np.ndarray | None = None
+
+
+@dataclass
+class DecodedSample:
+    """A sample as readers give it: ``depth`` in physical units (float32, 0 = invalid)."""
+
+    key: str
+    rgb: np.ndarray
+    meta: dict[str, Any]
+    depth: np.ndarray | None = None
+    depth_raw: np.ndarray | None = None
+    label: np.ndarray | None = None
+    url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:  # dict-style access: sample["rgb"]
+        return getattr(self, name)
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` or raise :class:`SampleError` when WebDataset would mangle it (dots etc.)."""
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise SampleError(f"invalid sample key {key!r}: must match {KEY_PATTERN.pattern}")
+    return key
+
+
+def validate(sample: Sample) -> None:
+    """Check shapes, dtypes and required metadata of a sample; raise :class:`SampleError`."""
+    validate_key(sample.key)
+    rgb = sample.rgb
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+        raise SampleError(f"{sample.key}: rgb must be HxWx3 uint8, got {_describe(rgb)}")
+    h, w = rgb.shape[:2]
+    if sample.depth is not None:
+        d = sample.depth
+        if not (isinstance(d, np.ndarray) and d.dtype == np.uint16 and d.shape == (h, w)):
+            raise SampleError(f"{sample.key}: depth must be {h}x{w} uint16, got {_describe(d)}")
+    if sample.label is not None:
+        lab = sample.label
+        if not (isinstance(lab, np.ndarray) and lab.dtype in (np.uint8, np.uint16) and lab.shape == (h, w)):
+            raise SampleError(f"{sample.key}: label must be {h}x{w} uint8/uint16, got {_describe(lab)}")
+    validate_meta(sample.meta, key=sample.key, width=w, height=h)
+
+
+def validate_meta(meta: Mapping[str, Any], *, key: str, width: int, height: int) -> None:
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise SampleError(f"{key}: metadata lacks {', '.join(missing)}")
+    if (meta["width"], meta["height"]) != (width, height):
+        raise SampleError(
+            f"{key}: metadata says {meta['width']}x{meta['height']}, image is {width}x{height}"
+        )
+    if not (isinstance(meta["depth_scale"], (int, float)) and meta["depth_scale"] > 0):
+        raise SampleError(f"{key}: depth_scale must be a positive number")
+    intr = meta.get("intrinsics")
+    if intr is not None and not all(k in intr for k in ("fx", "fy", "cx", "cy")):
+        raise SampleError(f"{key}: intrinsics need fx, fy, cx, cy")
+    pose = meta.get("pose")
+    if pose is not None and np.asarray(pose, dtype=np.float64).shape != (4, 4):
+        raise SampleError(f"{key}: pose must be a 4x4 matrix")
+
+
+def encode(sample: Sample, *, rgb_format: str = "jpg", jpeg_quality: int = 95) -> dict[str, bytes]:
+    """Validate and encode a sample to ``{extension: bytes}`` in schema order."""
+    if rgb_format not in RGB_FORMATS:
+        raise SampleError(f"rgb format must be one of {RGB_FORMATS}, got {rgb_format!r}")
+    validate(sample)
+    meta = dict(sample.meta)
+    meta.setdefault("has_depth", sample.depth is not None)
+    values = {"rgb": sample.rgb, "depth": sample.depth, "label": sample.label, "meta": meta}
+    out: dict[str, bytes] = {}
+    for f in FIELDS:
+        value = values[f.name]
+        if value is None:
+            continue
+        ext = f"rgb.{rgb_format}" if f.name == "rgb" else f.extensions[0]
+        out[ext] = CODECS[ext].encode(value, jpeg_quality=jpeg_quality)
+    return out
+
+
+def decode(key: str, members: Mapping[str, bytes], *, url: str = "") -> DecodedSample:
+    """Decode the declared members of one sample (extension -> bytes); others are ignored.
+
+    Raises :class:`SampleError` for a missing required member, undecodable bytes or a shape mismatch.
+    """
+    decoded: dict[str, Any] = {}
+    for ext, data in members.items():
+        f = EXTENSION_TO_FIELD.get(ext)
+        if f is None:
+            continue
+        if f.name in decoded:
+            raise SampleError(f"{key}: two members for field {f.name}")
+        try:
+            decoded[f.name] = CODECS[ext].decode(data)
+        except SampleError as exc:
+            raise SampleError(f"{key}.{ext}: {exc}") from None
+    for f in FIELDS:
+        if f.required and f.name not in decoded:
+            raise SampleError(f"{key}: missing member {'/'.join(f.extensions)}")
+    rgb, meta = decoded["rgb"], decoded["meta"]
+    raw = decoded.get("depth")
+    label = decoded.get("label")
+    h, w = rgb.shape[:2]
+    if raw is not None and (raw.dtype != np.uint16 or raw.shape != (h, w)):
+        raise SampleError(f"{key}: depth must be {h}x{w} uint16 PNG, got {_describe(raw)}")
+    if label is not None and (label.ndim != 2 or label.shape != (h, w)):
+        raise SampleError(f"{key}: label must be {h}x{w} single channel, got {_describe(label)}")
+    validate_meta(meta, key=key, width=w, height=h)
+    depth = None
+    if raw is not None:
+        depth = raw.astype(np.float32) * np.float32(meta["depth_scale"])
+    return DecodedSample(key=key, rgb=rgb, meta=meta, depth=depth, depth_raw=raw, label=label, url=url)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"{'x'.join(map(str, x.shape))} {x.dtype}"
+    return type(x).__name__
+
+
+def schema_table_markdown() -> str:
+    """The member table of docs/format.md, generated from :data:`FIELDS`."""
+    rows = ["| field | member | dtype | required | content |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        members = " or ".join(f"`KEY.{e}`" for e in f.extensions)
+        rows.append(
+            f"| {f.name} | {members} | {', '.join(f.dtypes) or 'JSON'} | "
+            f"{'yes' if f.required else 'no'} | {f.doc} |"
+        )
+    return "\n".join(rows)
