@@ -56,7 +56,7 @@ class SourceInfo:
 
     source: str
     depth_unit: str | None  # None: samples carry no depth member
-    depth_scale: float | None
+    depth_scale: float | None  # None when it varies per sample (each KEY.json has its own)
     labels: LabelSet | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -136,14 +136,17 @@ class Location:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write ``data`` atomically under ``name`` (temporary name + rename locally)."""
         if self.is_local:
-            self.makedirs()
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.url)
+            full = self.path(name)
+            folder = os.path.dirname(full)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(full)}.", suffix=".tmp", dir=folder)
             try:
+                os.fchmod(fd, 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, self.path(name))
+                os.replace(tmp, full)
             except BaseException:
                 if os.path.exists(tmp):
                     os.unlink(tmp)

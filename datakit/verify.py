@@ -1,0 +1,129 @@
+"""``datakit verify``: sha256 of every shard, then decode and validate every sample.
+
+Every fault is reported (missing shard, size or hash mismatch, broken tar, undecodable or invalid
+sample, count mismatch); the dataset is good only when there are none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from datakit import schema
+from datakit.errors import DatakitError
+from datakit.manifest import DatasetInfo, ShardEntry, read_info
+from datakit.reader import iter_tar_members
+from datakit.storage import Location, StorageError
+
+
+@dataclass
+class VerifyReport:
+    location: str
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    faults: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+class _HashingReader:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def verify(path_or_url: str, *, on_shard: Callable[[ShardEntry], Any] | None = None) -> VerifyReport:
+    """Check a dataset against its manifest. Raises only when the manifest itself is unreadable."""
+    loc = Location(path_or_url)
+    info = read_info(loc)
+    report = VerifyReport(loc.display)
+    for entry in info.shards:
+        report.faults += verify_shard(loc, info, entry, report)
+        if on_shard is not None:
+            on_shard(entry)
+    return report
+
+
+def verify_shard(loc: Location, info: DatasetInfo, entry: ShardEntry, report: VerifyReport) -> list[str]:
+    where = loc.path(entry.name)
+    faults: list[str] = []
+    try:
+        stream_cm = loc.open(entry.name)
+        f = stream_cm.__enter__()
+    except (OSError, StorageError) as exc:
+        return [f"{where}: missing or unreadable ({_reason(exc)})"]
+    try:
+        reader = _HashingReader(f)
+        count = 0
+        try:
+            for key, members in iter_tar_members(reader, where):  # type: ignore[arg-type]
+                count += 1
+                problem = check_sample(key, members, info, entry)
+                if problem:
+                    faults.append(f"{where}: {problem}")
+        except DatakitError as exc:
+            faults.append(str(exc))
+        reader.drain()
+    except (OSError, StorageError) as exc:
+        faults.append(f"{where}: read failed ({_reason(exc)})")
+        return faults
+    finally:
+        stream_cm.__exit__(None, None, None)
+    report.shards += 1
+    report.samples += count
+    report.bytes += reader.size
+    if reader.size != entry.bytes:
+        faults.insert(0, f"{where}: size {reader.size} bytes, manifest says {entry.bytes}")
+    digest = reader.sha.hexdigest()
+    if digest != entry.sha256:
+        faults.insert(0, f"{where}: sha256 mismatch (corrupt or modified shard)")
+    if count != entry.num_samples:
+        faults.append(f"{where}: {count} samples, manifest says {entry.num_samples}")
+    return faults
+
+
+def check_sample(key: str, members: dict[str, bytes], info: DatasetInfo, entry: ShardEntry) -> str | None:
+    """Decode and validate one sample; the problem as text, or None."""
+    try:
+        schema.validate_key(key)
+        s = schema.decode(key, members)
+    except DatakitError as exc:
+        return str(exc)
+    if s.meta.get("split") != entry.split:
+        return f"{key}: metadata split {s.meta.get('split')!r} in a {entry.split!r} shard"
+    depth = info.depth
+    if s.depth_raw is not None and depth is not None and depth.get("scale") is not None:
+        if not np.isclose(float(s.meta["depth_scale"]), float(depth["scale"])):
+            return f"{key}: depth_scale {s.meta['depth_scale']} differs from the manifest's {depth['scale']}"
+    labels = info.labels
+    if s.label is not None and labels is not None:
+        n, ignore = len(labels["classes"]), int(labels["ignore_index"])
+        values = np.unique(s.label)
+        bad = values[(values >= n) & (values != ignore)]
+        if bad.size:
+            return f"{key}: label values {bad[:5].tolist()} outside 0..{n - 1} and ignore {ignore}"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)

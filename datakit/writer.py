@@ -1,0 +1,629 @@
+"""The shard writer: a converter's stream of samples -> ``{split}-{index:06d}.tar`` + ``_info.json``.
+
+It alone deals with tar files, shard sizes, worker processes, resume, parts, errors and progress
+(converters only list units and turn one unit into samples). Guarantees:
+
+- deterministic bytes: fixed tar headers and member order, units consumed in order whatever
+  ``--workers``; the same input and arguments give byte-identical shards and manifest;
+- atomic outputs: a shard is written under a temporary name and renamed (or uploaded) when complete;
+  ``_info.json`` is written last;
+- resumable: after each shard, ``_progress.json`` records the shards done and where the stream stood,
+  so ``--resume`` continues from there and yields the same dataset as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import IO, Any
+
+from datakit import __version__, schema
+from datakit.errors import DatakitError, SampleError, UsageError
+from datakit.manifest import (
+    ERRORS_NAME,
+    INFO_NAME,
+    PARTS_DIR,
+    SHARD_NAME,
+    DepthStats,
+    ShardEntry,
+    build_info,
+    dumps,
+    part_manifest_name,
+    shard_name,
+)
+from datakit.storage import Location
+
+ON_ERROR = ("fail", "skip")
+MODES = ("new", "resume", "overwrite")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Options common to every ``datakit convert`` (SPEC 1)."""
+
+    shard_size: int = 1000
+    max_shard_bytes: int = 1 << 30
+    workers: int = 1
+    rgb_format: str = "jpg"
+    jpeg_quality: int = 95
+    on_error: str = "fail"
+    mode: str = "new"  # new | resume | overwrite
+    part: int | None = None
+    num_parts: int | None = None
+    progress: bool = True
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise UsageError("--shard-size must be at least 1")
+        if self.max_shard_bytes < 1:
+            raise UsageError("--max-shard-bytes must be positive")
+        if self.workers < 0:
+            raise UsageError("--workers must be 0 or more")
+        if self.rgb_format not in schema.RGB_FORMATS:
+            raise UsageError(f"--rgb-format must be one of {', '.join(schema.RGB_FORMATS)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError("--jpeg-quality must be within 1..100")
+        if self.on_error not in ON_ERROR:
+            raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}")
+        if self.mode not in MODES:
+            raise UsageError(f"mode must be one of {MODES}")
+        if (self.part is None) != (self.num_parts is None):
+            raise UsageError("--part and --num-parts go together")
+        if self.num_parts is not None and not (0 <= (self.part or 0) < self.num_parts):
+            raise UsageError(f"--part must be within 0..{self.num_parts - 1}")
+
+    def output_args(self) -> dict[str, Any]:
+        """The options that change the output bytes (recorded in ``_info.json``)."""
+        return {
+            "shard_size": self.shard_size,
+            "max_shard_bytes": self.max_shard_bytes,
+            "rgb_format": self.rgb_format,
+            "jpeg_quality": self.jpeg_quality,
+            "on_error": self.on_error,
+        }
+
+
+@dataclass
+class ConvertResult:
+    location: str
+    num_samples: int
+    shards: list[ShardEntry]
+    skipped: int
+    seconds: float
+    manifest: str
+
+
+# --- what travels from workers to the writer --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoded:
+    key: str
+    split: str
+    members: dict[str, bytes]
+    depth: DepthStats
+
+    @property
+    def nbytes(self) -> int:
+        # tar: one 512-byte header per member, data padded to 512.
+        return sum(512 + -(-len(b) // 512) * 512 for b in self.members.values())
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A unit or sub-unit that could not be converted."""
+
+    source: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.source, "reason": self.reason}
+
+
+Item = Encoded | Failure
+
+
+def _depth_stats(sample: schema.Sample) -> DepthStats:
+    if sample.depth is None:
+        return DepthStats()
+    d = sample.depth
+    valid = d[d > 0]
+    if valid.size == 0:
+        return DepthStats(0, int(d.size), None, None)
+    scale = float(sample.meta["depth_scale"])
+    return DepthStats(int(valid.size), int(d.size), float(valid.min()) * scale, float(valid.max()) * scale)
+
+
+def encode_unit(converter: Any, unit: Any, cfg: ConvertConfig) -> list[Item]:
+    """Run one unit through the converter and encode its samples (runs inside a worker)."""
+    from converters.base import Skipped
+
+    items: list[Item] = []
+    try:
+        for s in converter.convert(unit):
+            if isinstance(s, Skipped):
+                items.append(Failure(s.source, s.reason))
+                continue
+            members = schema.encode(s, rgb_format=cfg.rgb_format, jpeg_quality=cfg.jpeg_quality)
+            items.append(Encoded(s.key, s.split, members, _depth_stats(s)))
+    except DatakitError as exc:
+        # A unit that fails as a whole: nothing of it is written (with --on-error skip) or the
+        # run stops (fail). Samples already produced from it are dropped so the unit stays atomic.
+        return [Failure(unit.id, str(exc))]
+    return items
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(converter: Any, cfg: ConvertConfig) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    _WORKER["converter"] = converter
+    _WORKER["cfg"] = cfg
+
+
+def _work(unit: Any) -> list[Item]:
+    return encode_unit(_WORKER["converter"], unit, _WORKER["cfg"])
+
+
+def iter_unit_results(
+    converter: Any, units: Sequence[Any], cfg: ConvertConfig
+) -> Iterator[list[Item]]:
+    """Encoded items of each unit, in unit order, computed by ``cfg.workers`` processes.
+
+    At most ``2 x workers`` units are in flight, so memory stays bounded by a few units.
+    """
+    if cfg.workers <= 1:
+        for unit in units:
+            yield encode_unit(converter, unit, cfg)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(converter, cfg)
+    ) as pool:
+        pending: deque[Future[list[Item]]] = deque()
+        it = iter(units)
+        for unit in it:
+            pending.append(pool.submit(_work, unit))
+            if len(pending) >= 2 * cfg.workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_work, nxt))
+            yield result
+
+
+# --- tar ---------------------------------------------------------------------------------------
+
+
+class _HashingFile(io.RawIOBase):
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, b: Any) -> int:
+        mv = memoryview(b)
+        self.sha.update(mv)
+        self.size += mv.nbytes
+        return self.f.write(mv)
+
+
+class ShardFile:
+    """One tar being written under a temporary name with fixed headers (mtime 0, uid 0, 0644)."""
+
+    def __init__(self, scratch: str, name: str) -> None:
+        self.name = name
+        self.tmp_path = os.path.join(scratch, f".{name}.tmp")
+        self._f = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self._h = _HashingFile(self._f)
+        try:
+            self._tar = tarfile.open(fileobj=self._h, mode="w", format=tarfile.GNU_FORMAT)  # type: ignore[call-overload]
+        except BaseException:
+            self.abort()
+            raise
+        self.num_samples = 0
+
+    def add(self, item: Encoded) -> None:
+        for ext, data in item.members.items():
+            ti = tarfile.TarInfo(f"{item.key}.{ext}")
+            ti.size = len(data)
+            ti.mtime = 0
+            ti.mode = 0o644
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            self._tar.addfile(ti, io.BytesIO(data))
+        self.num_samples += 1
+
+    @property
+    def bytes_written(self) -> int:
+        return self._h.size
+
+    def finish(self) -> tuple[int, str]:
+        """Close the tar; return (bytes, sha256). The file stays at ``tmp_path``."""
+        self._tar.close()
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self._h.size, self._h.sha.hexdigest()
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            if os.path.exists(self.tmp_path):
+                os.unlink(self.tmp_path)
+
+
+# --- progress (resume) -----------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """State after the last completed shard; written as ``_progress.json`` (or per part)."""
+
+    args: dict[str, Any]
+    shards: list[dict[str, Any]] = field(default_factory=list)  # ShardEntry + end + depth + errors
+    next_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end(self) -> tuple[int, int]:
+        return tuple(self.shards[-1]["end"]) if self.shards else (0, 0)  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def progress_name(part: int | None) -> str:
+    return "_progress.json" if part is None else f"_progress.p{part:03d}.json"
+
+
+# --- the conversion driver ---------------------------------------------------------------------
+
+
+def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
+    """Convert every unit of ``converter`` into shards under ``out`` (folder or URL).
+
+    Raises :class:`UsageError` when ``out`` already holds a dataset and neither resume nor
+    overwrite was asked, and :class:`DatakitError` for bad input under ``--on-error fail``.
+    """
+    t0 = time.perf_counter()
+    loc = Location(out)
+    source = converter.info()
+    args = {"source": source.source, **converter.config_dict(), **cfg.output_args()}
+    if cfg.part is not None:
+        args["part"], args["num_parts"] = cfg.part, cfg.num_parts
+    final_name = INFO_NAME if cfg.part is None else part_manifest_name(cfg.part)
+    prog_name = progress_name(cfg.part)
+
+    progress = _prepare_output(loc, cfg, args, final_name, prog_name)
+    if progress is None:  # resume of a finished dataset
+        return _result_from_manifest(loc, final_name, t0)
+
+    units = converter.units()
+    if cfg.part is not None:
+        assert cfg.num_parts is not None
+        n = len(units)
+        units = units[cfg.part * n // cfg.num_parts : (cfg.part + 1) * n // cfg.num_parts]
+    _check_grouped(units)
+
+    scratch = loc.scratch_dir()
+    start_unit, start_offset = progress.end
+    stats = DepthStats()
+    for s in progress.shards:
+        stats = stats.merge(DepthStats.from_json(s["depth"]))
+    pending_errors: list[dict[str, str]] = []
+    shard: ShardFile | None = None
+    shard_split = ""
+    shard_depth = DepthStats()
+    seen_keys: set[str] = set()
+
+    def close_shard(end: tuple[int, int]) -> None:
+        nonlocal shard, shard_depth, stats
+        if shard is None:
+            return
+        nbytes, sha = shard.finish()
+        loc.put_file(shard.tmp_path, shard.name)
+        entry = ShardEntry(shard.name, shard_split, shard.num_samples, nbytes, sha)
+        progress.shards.append(
+            {**entry.to_json(), "end": list(end), "depth": shard_depth.to_json(),
+             "errors": list(pending_errors)}
+        )
+        progress.next_index[shard_split] = progress.next_index.get(shard_split, 0) + 1
+        pending_errors.clear()
+        stats = stats.merge(shard_depth)
+        loc.write_bytes(prog_name, dumps(progress.to_json()))
+        shard, shard_depth = None, DepthStats()
+
+    bar = _progress_bar(cfg, len(units) - start_unit, converter)
+    n_samples = sum(s["num_samples"] for s in progress.shards)
+    try:
+        results = iter_unit_results(converter, units[start_unit:], cfg)
+        for u, items in enumerate(results, start=start_unit):
+            for i, item in enumerate(items):
+                if u == start_unit and i < start_offset:
+                    continue
+                if isinstance(item, Failure):
+                    if cfg.on_error == "fail":
+                        raise DatakitError(f"{item.source}: {item.reason}")
+                    pending_errors.append(item.to_json())
+                    bar.write(f"skipped {item.source}: {item.reason}")
+                    continue
+                if item.key in seen_keys:
+                    raise SampleError(f"duplicate sample key {item.key!r}")
+                seen_keys.add(item.key)
+                if shard is not None and (
+                    item.split != shard_split
+                    or shard.num_samples >= cfg.shard_size
+                    or shard.bytes_written + item.nbytes + 1024 > cfg.max_shard_bytes
+                ):
+                    close_shard((u, i))
+                if shard is None:
+                    shard_split = item.split
+                    index = progress.next_index.get(shard_split, 0)
+                    shard = ShardFile(scratch, shard_name(shard_split, index, cfg.part))
+                shard.add(item)
+                shard_depth = shard_depth.merge(item.depth)
+                n_samples += 1
+            bar.set_postfix(
+                samples=n_samples, skipped=_count_errors(progress) + len(pending_errors), refresh=False
+            )
+            bar.update(1)
+        close_shard((len(units), 0))
+    except BaseException:
+        if shard is not None:
+            shard.abort()
+        raise
+    finally:
+        bar.close()
+
+    errors = [e for s in progress.shards for e in s["errors"]] + pending_errors
+    entries = [_entry(s) for s in progress.shards]
+    errors_log = None
+    if errors:
+        errors_log = ERRORS_NAME if cfg.part is None else f"errors.p{cfg.part:03d}.jsonl"
+        loc.write_bytes(errors_log, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in errors))
+    info = build_info(
+        name=cfg.name or _default_name(loc),
+        source=source.source,
+        created_by=f"datakit {__version__}",
+        args=args,
+        shards=entries,
+        depth_unit=source.depth_unit,
+        depth_scale=source.depth_scale,
+        depth_stats=stats,
+        labels=source.labels.to_json() if source.labels is not None else None,
+        skipped=len(errors),
+        errors_log=errors_log,
+        extra={**source.extra, **({"depth_stats": stats.to_json()} if cfg.part is not None else {})},
+    )
+    loc.write_bytes(final_name, dumps(info))
+    loc.delete(prog_name)
+    return ConvertResult(
+        loc.display, n_samples, entries, len(errors), time.perf_counter() - t0, loc.path(final_name)
+    )
+
+
+def _entry(s: dict[str, Any]) -> ShardEntry:
+    return ShardEntry(s["name"], s["split"], s["num_samples"], s["bytes"], s["sha256"])
+
+
+def _count_errors(progress: Progress) -> int:
+    return sum(len(s["errors"]) for s in progress.shards)
+
+
+def _default_name(loc: Location) -> str:
+    return loc.url.rstrip("/").rsplit("/", 1)[-1] or "dataset"
+
+
+def _check_grouped(units: Sequence[Any]) -> None:
+    seen: list[str] = []
+    for u in units:
+        if not seen or seen[-1] != u.split:
+            if u.split in seen:
+                raise DatakitError(f"converter bug: units of split {u.split!r} are not contiguous")
+            seen.append(u.split)
+
+
+def _progress_bar(cfg: ConvertConfig, total: int, converter: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="unit",
+        desc=f"convert {converter.name}",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+def _ours(name: str) -> bool:
+    """Files the writer may delete: shards, temporaries and manifests of a conversion."""
+    return bool(
+        SHARD_NAME.match(name)
+        or (name.startswith(".") and name.endswith(".tar.tmp"))
+        or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR)
+        or (name.startswith("_progress") and name.endswith(".json"))
+        or (name.startswith("errors.p") and name.endswith(".jsonl"))
+    )
+
+
+def _prepare_output(
+    loc: Location, cfg: ConvertConfig, args: dict[str, Any], final_name: str, prog_name: str
+) -> Progress | None:
+    """Check what ``out`` holds against the mode; return the progress to continue from, or None
+    when resuming a dataset that is already complete."""
+    loc.makedirs()
+    names = loc.listdir()
+    part_prefix = None if cfg.part is None else f"-p{cfg.part:03d}-"
+
+    def mine(name: str) -> bool:
+        if not _ours(name):
+            return False
+        if part_prefix is None:
+            return True
+        return part_prefix in name or name == prog_name or name == f"errors.p{cfg.part:03d}.jsonl"
+
+    complete = loc.exists(final_name)
+    if cfg.mode == "overwrite":
+        for name in names:
+            if mine(name):
+                loc.delete(name)
+        if part_prefix is not None and complete:
+            loc.delete(final_name)
+        return Progress(args=args)
+    if cfg.mode == "new":
+        if complete:
+            raise UsageError(
+                f"{loc.path(final_name)} exists: {loc.display} already holds a complete dataset; "
+                "pass --overwrite to replace it or --resume to keep it"
+            )
+        leftovers = [n for n in names if mine(n) and n != PARTS_DIR]
+        if leftovers:
+            raise UsageError(
+                f"{loc.display} holds an unfinished conversion ({leftovers[0]} ...); "
+                "pass --resume to continue it or --overwrite to start again"
+            )
+        return Progress(args=args)
+    # resume
+    if complete:
+        existing = json.loads(loc.read_bytes(final_name))
+        if existing.get("args") != args:
+            raise UsageError(
+                f"{loc.display} was converted with other arguments; --overwrite to replace it"
+            )
+        return None
+    for name in names:  # temporaries of an interrupted run
+        if name.startswith(".") and name.endswith(".tar.tmp") and (part_prefix is None or part_prefix in name):
+            loc.delete(name)
+    if not loc.exists(prog_name):
+        stray = [n for n in names if mine(n) and SHARD_NAME.match(n)]
+        for n in stray:  # shards of a run that died before its first progress write
+            loc.delete(n)
+        return Progress(args=args)
+    raw = json.loads(loc.read_bytes(prog_name))
+    if raw.get("args") != args:
+        raise UsageError(
+            f"{loc.display}: the unfinished conversion used other arguments; "
+            "rerun with the same ones, or --overwrite"
+        )
+    progress = Progress(args=args, shards=raw["shards"], next_index=raw["next_index"])
+    done = {s["name"]: s for s in progress.shards}
+    for s in progress.shards:
+        if not loc.exists(s["name"]) or loc.size(s["name"]) != s["bytes"]:
+            raise DatakitError(
+                f"{loc.path(s['name'])}: recorded as complete but missing or of the wrong size; "
+                "rerun with --overwrite"
+            )
+    for n in names:  # a shard renamed after the last progress write is rewritten identically
+        if mine(n) and SHARD_NAME.match(n) and n not in done:
+            loc.delete(n)
+    return progress
+
+
+def _result_from_manifest(loc: Location, final_name: str, t0: float) -> ConvertResult:
+    info = json.loads(loc.read_bytes(final_name))
+    entries = [_entry(s) for s in info["shards"]]
+    return ConvertResult(
+        loc.display,
+        sum(e.num_samples for e in entries),
+        entries,
+        int(info.get("errors", {}).get("skipped", 0)),
+        time.perf_counter() - t0,
+        loc.path(final_name),
+    )
+
+
+def merge(out: str) -> dict[str, Any]:
+    """Join the part manifests of ``--part`` runs under ``out`` into one ``_info.json``.
+
+    Raises :class:`DatakitError` when a part is missing or parts disagree on their arguments.
+    """
+    loc = Location(out)
+    parts_loc = Location(loc.path(PARTS_DIR))
+    names = sorted(n for n in parts_loc.listdir() if n.startswith("part-") and n.endswith(".json"))
+    if not names:
+        raise DatakitError(f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)")
+    parts = [json.loads(parts_loc.read_bytes(n)) for n in names]
+    num_parts = parts[0]["args"]["num_parts"]
+    have = sorted(p["args"]["part"] for p in parts)
+    missing = sorted(set(range(num_parts)) - set(have))
+    if missing:
+        raise DatakitError(
+            f"{loc.display}: parts {', '.join(map(str, missing))} of {num_parts} are not finished"
+        )
+    base_args = {k: v for k, v in parts[0]["args"].items() if k != "part"}
+    for p in parts:
+        if {k: v for k, v in p["args"].items() if k != "part"} != base_args:
+            raise DatakitError(f"{loc.display}: part {p['args']['part']} used other arguments")
+    parts.sort(key=lambda p: p["args"]["part"])
+    entries: list[ShardEntry] = []
+    split_order: list[str] = []
+    for p in parts:
+        for s in p["shards"]:
+            if s["split"] not in split_order:
+                split_order.append(s["split"])
+    for split in split_order:  # group by split, parts in order within each
+        for p in parts:
+            entries += [_entry(s) for s in p["shards"] if s["split"] == split]
+    stats = DepthStats()
+    for p in parts:
+        stats = stats.merge(DepthStats.from_json(p["depth_stats"]))
+    errors: list[bytes] = []
+    for p in parts:
+        log = p["errors"]["log"]
+        if log:
+            errors += [line + b"\n" for line in loc.read_bytes(log).splitlines() if line]
+    if errors:
+        loc.write_bytes(ERRORS_NAME, b"".join(errors))
+    first = parts[0]
+    base_args.pop("num_parts", None)
+    depth = first.get("depth") or {}
+    reserved = {"name", "splits", "schema_version", "source", "created_by", "args", "shards",
+                "depth", "labels", "errors", "depth_stats"}
+    info = build_info(
+        name=first["name"],
+        source=first["source"],
+        created_by=first["created_by"],
+        args=base_args,
+        shards=entries,
+        depth_unit=depth.get("unit") if first.get("depth") else None,
+        depth_scale=depth.get("scale"),
+        depth_stats=stats,
+        labels=first.get("labels"),
+        skipped=sum(int(p["errors"]["skipped"]) for p in parts),
+        errors_log=ERRORS_NAME if errors else None,
+        extra={k: v for k, v in first.items() if k not in reserved},
+    )
+    loc.write_bytes(INFO_NAME, dumps(info))
+    return info
+
+
+def config_from_args(**kwargs: Any) -> ConvertConfig:
+    """ConvertConfig from the CLI's common options (unknown names are a programming error)."""
+    return replace(ConvertConfig(), **kwargs)
