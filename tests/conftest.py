@@ -1,0 +1,38 @@
+"""Shared fixtures: synthetic datasets built in real shard format, paths to ../shared/fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+def convert_synthetic(out: Path, *, num: int = 16, val: int = 0, size: tuple[int, int] = (96, 72),
+                      shard_size: int = 4, workers: int = 1, seed: int = 0, **cfg: object) -> Path:
+    """Convert synthetic scenes into ``out`` through the real writer; returns ``out``."""
+    from converters.synthetic import SyntheticConfig, SyntheticConverter
+    from datakit.writer import ConvertConfig, convert
+
+    conv = SyntheticConverter(SyntheticConfig(num=num, val=val, size=size, seed=seed))
+    convert(conv, str(out), ConvertConfig(shard_size=shard_size, workers=workers, progress=False, **cfg))  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train + 8 val synthetic samples at 96x72, 4 per shard (read-only: do not modify)."""
+    return convert_synthetic(tmp_path_factory.mktemp("synthetic") / "ds", num=16, val=8)
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """../shared/fixtures beside the repo; tests that need it skip cleanly without it."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"real sample files not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES
