@@ -73,7 +73,12 @@ def depth_scale_for(max_depth_m: float) -> float:
 
 
 def disparity_to_depth_codes(
-    disparity: np.ndarray, *, baseline_m: float, fx_px: float, depth_scale: float, max_depth_m: float
+    disparity: np.ndarray,
+    *,
+    baseline_m: float,
+    fx_px: float,
+    depth_scale: float,
+    max_depth_m: float,
 ) -> np.ndarray:
     """Cityscapes disparity PNG values (HxW uint16) -> depth codes (HxW uint16, 0 = invalid).
 
@@ -213,7 +218,10 @@ class CityscapesConverter(Converter):
         disparity_path = self._path("disparity", split, f)
         disparity = _read(disparity_path, cv2.IMREAD_UNCHANGED)
         if disparity.dtype != np.uint16 or disparity.ndim != 2:
-            raise SourceError(disparity_path, f"not a 16-bit single-channel PNG ({disparity.dtype}, shape {disparity.shape})")
+            raise SourceError(
+                disparity_path,
+                f"not a 16-bit single-channel PNG ({disparity.dtype}, shape {disparity.shape})",
+            )
         _same_size(disparity, disparity_path, (h, w), image_path)
 
         camera_path = self._path("camera", split, f)
@@ -231,11 +239,18 @@ class CityscapesConverter(Converter):
             label_path = self._path("gtFine", split, f)
             label_ids = _read(label_path, cv2.IMREAD_UNCHANGED)
             if label_ids.ndim != 2:
-                raise SourceError(label_path, f"labelIds must be single-channel, got shape {label_ids.shape}")
+                raise SourceError(
+                    label_path, f"labelIds must be single-channel, got shape {label_ids.shape}"
+                )
             _same_size(label_ids, label_path, (h, w), image_path)
             label = labels_to_train_ids(label_ids.astype(np.uint8))
 
-        intrinsics = {"fx": camera["fx"], "fy": camera["fy"], "cx": camera["u0"], "cy": camera["v0"]}
+        intrinsics = {
+            "fx": camera["fx"],
+            "fy": camera["fy"],
+            "cx": camera["u0"],
+            "cy": camera["v0"],
+        }
         if self.config.size is not None and self.config.size != (w, h):
             size = self.config.size
             rgb = resize_rgb(rgb, size)
@@ -267,7 +282,9 @@ def _frames(city_dir: str, city: str) -> list[Frame]:
             continue
         parts = name[: -len(IMAGE_SUFFIX)].rsplit("_", 2)
         if len(parts) != 3 or parts[0] != city:
-            raise SourceError(os.path.join(city_dir, name), "name is not {city}_{seq}_{frame}" + IMAGE_SUFFIX)
+            raise SourceError(
+                os.path.join(city_dir, name), "name is not {city}_{seq}_{frame}" + IMAGE_SUFFIX
+            )
         frames.append(Frame(*parts))
     return frames
 
@@ -303,7 +320,9 @@ def read_camera(path: str) -> dict[str, float]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SourceError(path, f"not a camera JSON: {exc}") from None
     except (KeyError, TypeError) as exc:
-        raise SourceError(path, f"camera JSON lacks extrinsic.baseline or intrinsic.fx/fy/u0/v0 ({exc})") from None
+        raise SourceError(
+            path, f"camera JSON lacks extrinsic.baseline or intrinsic.fx/fy/u0/v0 ({exc})"
+        ) from None
     out: dict[str, float] = {}
     for k, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):

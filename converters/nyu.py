@@ -95,7 +95,9 @@ class NyuConverter(Converter):
         need = ["images", self.config.depth_field] + (["labels"] if self.config.labels else [])
         missing = [k for k in need if k not in f]
         if missing:
-            raise SourceError(path, f"lacks dataset(s) {', '.join(missing)} of the NYU labeled layout")
+            raise SourceError(
+                path, f"lacks dataset(s) {', '.join(missing)} of the NYU labeled layout"
+            )
         images = f["images"]
         if images.ndim != 4 or images.shape[1] != 3:
             raise SourceError(path, f"images must be (N, 3, W, H), got {images.shape}")
@@ -147,14 +149,16 @@ class NyuConverter(Converter):
             self._check(f)
             images, depths = f["images"], f[cfg.depth_field]
             labels = f["labels"] if cfg.labels else None
-            scenes = f["scenes"] if "scenes" in f else None
+            scenes = f.get("scenes")
             for i in unit.payload:
                 # One frame per read: h5py slices only this frame out of the file.
                 rgb = np.ascontiguousarray(np.asarray(images[i]).transpose(2, 1, 0))
                 depth_m = np.asarray(depths[i]).T
                 label = None
                 if labels is not None:
-                    raw = np.ascontiguousarray(np.asarray(labels[i]).T).astype(np.uint16, copy=False)
+                    raw = np.ascontiguousarray(np.asarray(labels[i]).T).astype(
+                        np.uint16, copy=False
+                    )
                     label = raw if lut is None else lut[raw]
                 h, w = rgb.shape[:2]
                 extra: dict[str, Any] = {"index": i + 1}
