@@ -82,7 +82,7 @@ def _common_convert_options() -> list[click.Parameter]:
         click.Option(["--part"], type=click.IntRange(min=0), default=None,
                      help="Convert slice I of --num-parts (SLURM arrays, indexed jobs); then `datakit merge`."),
         click.Option(["--num-parts"], type=click.IntRange(min=1), default=None),
-        click.Option(["--name"], default=None, help="Dataset name in _info.json (default: OUT's basename)."),
+        click.Option(["--name"], default=None, help="Dataset name in _info.json (default: the source's name)."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True),
     ]
 

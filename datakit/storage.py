@@ -204,8 +204,9 @@ def register_gopen_handlers() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from webdataset import gopen
+    import importlib
 
+    gopen = importlib.import_module("webdataset.gopen")  # the module; `webdataset.gopen` is a function
     for scheme in ("s3", "gs", "gcs", "az", "abfs", "http", "https"):
         gopen.gopen_schemes[scheme] = _fsspec_gopen
     _REGISTERED = True

@@ -408,7 +408,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         errors_log = ERRORS_NAME if cfg.part is None else f"errors.p{cfg.part:03d}.jsonl"
         loc.write_bytes(errors_log, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in errors))
     info = build_info(
-        name=cfg.name or _default_name(loc),
+        name=cfg.name or source.source,
         source=source.source,
         created_by=f"datakit {__version__}",
         args=args,
@@ -434,10 +434,6 @@ def _entry(s: dict[str, Any]) -> ShardEntry:
 
 def _count_errors(progress: Progress) -> int:
     return sum(len(s["errors"]) for s in progress.shards)
-
-
-def _default_name(loc: Location) -> str:
-    return loc.url.rstrip("/").rsplit("/", 1)[-1] or "dataset"
 
 
 def _check_grouped(units: Sequence[Any]) -> None:
@@ -466,7 +462,7 @@ def _ours(name: str) -> bool:
     """Files the writer may delete: shards, temporaries and manifests of a conversion."""
     return bool(
         SHARD_NAME.match(name)
-        or (name.startswith(".") and name.endswith(".tar.tmp"))
+        or (name.startswith(".") and name.endswith(".tmp"))
         or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR)
         or (name.startswith("_progress") and name.endswith(".json"))
         or (name.startswith("errors.p") and name.endswith(".jsonl"))
@@ -518,8 +514,10 @@ def _prepare_output(
                 f"{loc.display} was converted with other arguments; --overwrite to replace it"
             )
         return None
-    for name in names:  # temporaries of an interrupted run
-        if name.startswith(".") and name.endswith(".tar.tmp") and (part_prefix is None or part_prefix in name):
+    for name in names:  # temporaries of an interrupted run (shards, progress, manifest)
+        if name.startswith(".") and name.endswith(".tmp") and (
+            cfg.part is None or f"p{cfg.part:03d}" in name
+        ):
             loc.delete(name)
     if not loc.exists(prog_name):
         stray = [n for n in names if mine(n) and SHARD_NAME.match(n)]

@@ -1,0 +1,237 @@
+"""The shard writer: determinism, sizing, atomicity, resume, parts, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.base import Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
+from converters.synthetic import SyntheticConfig, SyntheticConverter
+from datakit import open_dataset
+from datakit.errors import DatakitError, SourceError, UsageError
+from datakit.schema import Sample
+from datakit.writer import ConvertConfig, convert, merge
+from tests.conftest import convert_synthetic
+
+
+def shard_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.iterdir())
+        if p.suffix == ".tar" or p.name == "_info.json"
+    }
+
+
+def sample_sequence(root: Path) -> list[tuple[str, str]]:
+    """(key, sha of all decoded arrays) per sample, in manifest order."""
+    out = []
+    for s in open_dataset(str(root)):
+        h = hashlib.sha256(s.rgb.tobytes() + s.depth_raw.tobytes() + s.label.tobytes())
+        h.update(json.dumps(s.meta, sort_keys=True).encode())
+        out.append((s.key, h.hexdigest()))
+    return out
+
+
+def test_same_input_gives_byte_identical_output(tmp_path):
+    a = convert_synthetic(tmp_path / "a", num=10, shard_size=4)
+    b = convert_synthetic(tmp_path / "b", num=10, shard_size=4)
+    ha, hb = shard_hashes(a), shard_hashes(b)
+    assert list(ha) == ["_info.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert ha == hb
+    info = json.loads((a / "_info.json").read_text())
+    assert info["splits"]["train"] == {
+        "num_samples": 10,
+        "filenames": ["train-000000.tar", "train-000001.tar", "train-000002.tar"],
+        "shard_lengths": [4, 4, 2],
+    }
+    for s in info["shards"]:
+        assert s["sha256"] == ha[s["name"]]
+        assert s["bytes"] == (a / s["name"]).stat().st_size
+
+
+def test_workers_do_not_change_the_output(tmp_path):
+    one = convert_synthetic(tmp_path / "w1", num=12, val=4, shard_size=5, workers=1)
+    two = convert_synthetic(tmp_path / "w2", num=12, val=4, shard_size=5, workers=2)
+    assert shard_hashes(one) == shard_hashes(two)
+
+
+def test_tar_headers_are_fixed_and_members_in_schema_order(tmp_path):
+    root = convert_synthetic(tmp_path / "d", num=2, shard_size=4)
+    with tarfile.open(root / "train-000000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [
+        f"train_00000{i}.{ext}" for i in range(2) for ext in ("rgb.jpg", "depth.png", "label.png", "json")
+    ]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+
+
+def test_max_shard_bytes_closes_shards_early(tmp_path):
+    root = convert_synthetic(tmp_path / "d", num=9, shard_size=100, max_shard_bytes=60_000)
+    info = json.loads((root / "_info.json").read_text())
+    assert len(info["shards"]) > 1
+    assert sum(s["num_samples"] for s in info["shards"]) == 9
+    for s in info["shards"]:
+        assert s["bytes"] <= 60_000 or s["num_samples"] == 1
+
+
+def test_existing_dataset_is_not_clobbered(tmp_path):
+    root = convert_synthetic(tmp_path / "d", num=4)
+    before = shard_hashes(root)
+    with pytest.raises(UsageError, match="already holds a complete dataset"):
+        convert_synthetic(root, num=5)
+    assert shard_hashes(root) == before
+    convert_synthetic(root, num=5, mode="overwrite")
+    assert json.loads((root / "_info.json").read_text())["splits"]["train"]["num_samples"] == 5
+    # resume of a complete dataset with the same arguments is a no-op
+    convert_synthetic(root, num=5, mode="resume")
+    with pytest.raises(UsageError, match="other arguments"):
+        convert_synthetic(root, num=6, mode="resume")
+
+
+class Flaky(SyntheticConverter):
+    """Synthetic scenes that crash (a bug, not bad input) when reaching unit ``crash_at``."""
+
+    crash_at = -1
+
+    def convert(self, unit: WorkUnit) -> Iterator[Sample]:
+        if unit.payload[0] // self.config.per_unit == self.crash_at:
+            raise RuntimeError("simulated crash")
+        yield from super().convert(unit)
+
+
+def test_crash_leaves_no_partial_shard_and_resume_equals_uninterrupted(tmp_path):
+    cfg = SyntheticConfig(num=20, size=(48, 36), per_unit=2)
+    ref = tmp_path / "ref"
+    convert(SyntheticConverter(cfg), str(ref), ConvertConfig(shard_size=3, progress=False))
+    out = tmp_path / "out"
+    flaky = Flaky(cfg)
+    flaky.crash_at = 6  # after samples 0-11: shards 0-2 closed, shard 3 (9-11) still open
+    with pytest.raises(RuntimeError):
+        convert(flaky, str(out), ConvertConfig(shard_size=3, progress=False))
+    names = sorted(os.listdir(out))
+    assert "_info.json" not in names
+    assert not [n for n in names if n.endswith(".tmp")], names
+    assert [n for n in names if n.endswith(".tar")] == [f"train-{i:06d}.tar" for i in range(3)]
+    with pytest.raises(UsageError, match="unfinished conversion"):
+        convert(SyntheticConverter(cfg), str(out), ConvertConfig(shard_size=3, progress=False))
+    convert(SyntheticConverter(cfg), str(out), ConvertConfig(shard_size=3, progress=False, mode="resume"))
+    assert shard_hashes(out) == shard_hashes(ref)
+    assert not [n for n in os.listdir(out) if n.startswith(("_progress", "."))]
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
+    args = ["convert", "synthetic", "--num", "48", "--size", "64x48", "--shard-size", "4",
+            "--per-unit", "2", "--workers", "2", "--no-progress"]
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "datakit", *args, str(ref)], check=True, capture_output=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "datakit", *args, str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.exists() and len([n for n in os.listdir(out) if n.endswith(".tar")]) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the writer and its worker processes
+    proc.wait()
+    assert not (out / "_info.json").exists(), "conversion finished before it could be killed"
+    res = subprocess.run([sys.executable, "-m", "datakit", *args, "--resume", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert shard_hashes(out) == shard_hashes(ref)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ref))  # no temporaries, no progress file
+
+
+def test_parts_then_merge_equal_one_run(tmp_path):
+    cfg = SyntheticConfig(num=14, val=5, size=(48, 36), per_unit=2)
+    whole = tmp_path / "whole"
+    convert(SyntheticConverter(cfg), str(whole), ConvertConfig(shard_size=3, progress=False))
+    parts = tmp_path / "parts"
+    for i in (2, 0, 1):
+        convert(SyntheticConverter(cfg), str(parts),
+                ConvertConfig(shard_size=3, progress=False, part=i, num_parts=3))
+    assert not (parts / "_info.json").exists()
+    assert any(n.startswith("train-p001-") for n in os.listdir(parts))
+    info = merge(str(parts))
+    assert info["splits"]["train"]["num_samples"] == 14 and info["splits"]["val"]["num_samples"] == 5
+    assert sample_sequence(parts) == sample_sequence(whole)
+    w = json.loads((whole / "_info.json").read_text())
+    assert info["depth"] == w["depth"] and info["labels"] == w["labels"]
+
+
+def test_merge_names_missing_parts(tmp_path):
+    cfg = SyntheticConfig(num=6, size=(48, 36), per_unit=2)
+    convert(SyntheticConverter(cfg), str(tmp_path), ConvertConfig(progress=False, part=0, num_parts=3))
+    with pytest.raises(DatakitError, match="parts 1, 2 of 3 are not finished"):
+        merge(str(tmp_path))
+
+
+@dataclass(frozen=True)
+class BadConfig:
+    n: int = 6
+
+
+class Bad(Converter):
+    """Units 0..n-1 of one sample each; unit 2 is a bad file, unit 4 has a bad frame."""
+
+    name = "bad"
+    Config = BadConfig
+
+    def units(self) -> list[WorkUnit]:
+        return [WorkUnit(f"u{i}", "train", i) for i in range(self.config.n)]
+
+    def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
+        i = unit.payload
+        if i == 2:
+            raise SourceError(f"/data/file{i}.bin", "truncated at byte 12")
+        if i == 4:
+            yield Skipped(f"/data/file{i}.bin#frame1", "corrupt JPEG")
+        rgb = np.full((4, 4, 3), i, np.uint8)
+        meta = make_meta(source="bad", id=str(i), split="train", width=4, height=4,
+                         depth_scale=0.001, depth_unit="m")
+        yield Sample(f"s{i}", "train", rgb, meta, np.full((4, 4), i, np.uint16))
+
+    def info(self) -> SourceInfo:
+        return SourceInfo("bad", "m", 0.001, LabelSet("none", ("a",)))
+
+
+def test_on_error_fail_names_the_file(tmp_path):
+    with pytest.raises(DatakitError, match=r"/data/file2.bin: truncated at byte 12"):
+        convert(Bad(BadConfig()), str(tmp_path / "o"), ConvertConfig(progress=False))
+    assert not (tmp_path / "o" / "_info.json").exists()
+
+
+def test_on_error_skip_logs_and_counts(tmp_path):
+    out = tmp_path / "o"
+    convert(Bad(BadConfig()), str(out), ConvertConfig(progress=False, on_error="skip", shard_size=2))
+    info = json.loads((out / "_info.json").read_text())
+    assert info["errors"] == {"skipped": 2, "log": "errors.jsonl"}
+    log = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["source"] for e in log] == ["u2", "/data/file4.bin#frame1"]
+    assert "truncated at byte 12" in log[0]["reason"]
+    assert [s.key for s in open_dataset(str(out))] == ["s0", "s1", "s3", "s4", "s5"]
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    class Dup(Bad):
+        def convert(self, unit):
+            for s in super().convert(unit):
+                if isinstance(s, Sample):
+                    s.key = "same"
+                yield s
+
+    with pytest.raises(DatakitError, match="duplicate sample key 'same'"):
+        convert(Dup(BadConfig(n=2)), str(tmp_path / "o"), ConvertConfig(progress=False))
