@@ -1,0 +1,338 @@
+"""ScanNet v2: ``.sens`` scans (streamed, see :mod:`converters.sens`) or exported folders -> samples.
+
+The source layout (SRC) is described in :mod:`converters.scannet_layout` and docs/converters/scannet.md.
+One work unit = one chunk of at most ``chunk_frames`` kept frames of one scan, so a worker's memory
+stays bounded at any frame skip.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import cv2
+import numpy as np
+
+from converters.base import SIZE, Converter, Skipped, SourceInfo, WorkUnit, make_meta
+from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
+from converters.scannet_layout import (
+    LABELS,
+    SPLITS,
+    LabelSource,
+    Scan,
+    exported_frames,
+    frame_indices,
+    label_lut,
+    label_map_path,
+    parse_scenes,
+    read_matrix,
+    select_scans,
+)
+from converters.sens import SensHeader, SensReader
+from datakit.errors import SourceError
+from datakit.schema import Sample
+
+DEPTH_SCALE_M = 0.001  # stored depth codes are millimetres
+DEPTH_SHIFT_MM = 1000.0  # .sens depth_shift for millimetre codes
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+@dataclass(frozen=True)
+class ScanNetConfig:
+    src: str
+    frame_skip: int = 25
+    size: tuple[int, int] = (640, 480)
+    labels: bool = False
+    scenes: tuple[str, ...] | None = None
+    split: str | None = None
+    chunk_frames: int = 100  # kept frames per work unit: bounds a worker's memory
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Frames ``start <= i < stop`` with ``i % frame_skip == 0`` of one scan."""
+
+    scan: Scan
+    start: int
+    stop: int
+    error: str | None = None  # a scan whose header is unreadable: convert() raises it
+
+
+class ScanNetConverter(Converter):
+    name = "scannet"
+    Config = ScanNetConfig
+    help = "ScanNet v2 scans (.sens streamed, or exported color/depth/pose folders). See docs/converters/scannet.md."
+    params = [
+        click.Argument(["src"], type=click.Path(exists=True, file_okay=False)),
+        click.Option(["--frame-skip"], type=click.IntRange(min=1), default=25, show_default=True,
+                     help="Keep every N-th frame (pretraining works use 25)."),
+        click.Option(["--size"], type=SIZE, default="640x480", show_default=True,
+                     help="Stored size WxH (colour by area, depth and labels by nearest)."),
+        click.Option(["--labels/--no-labels"], default=False, show_default=True,
+                     help="Add 20-class labels from SCENE_2d-label-filt.zip."),
+        click.Option(["--scenes"], default=None,
+                     help="Comma-separated scene ids, or @FILE with one id per line."),
+        click.Option(["--split"], type=click.Choice(SPLITS), default=None,
+                     help="Only the scans of this official split."),
+    ]  # fmt: skip
+
+    config: ScanNetConfig
+
+    @classmethod
+    def from_cli(cls, **kwargs: Any) -> ScanNetConverter:
+        scenes = kwargs.pop("scenes", None)
+        return cls(ScanNetConfig(scenes=parse_scenes(scenes), **kwargs))
+
+    def info(self) -> SourceInfo:
+        c = self.config
+        return SourceInfo(
+            source="scannet",
+            depth_unit="m",
+            depth_scale=DEPTH_SCALE_M,
+            labels=LABELS if c.labels else None,
+            extra={"frame_skip": c.frame_skip, "size": list(c.size)},
+        )
+
+    def units(self) -> list[WorkUnit]:
+        c = self.config
+        if c.labels:
+            label_lut(str(label_map_path(Path(c.src))))  # fail early, before any work
+        units = []
+        for scan in select_scans(Path(c.src), c.scenes, c.split):
+            try:
+                frames = frame_indices(scan, c.frame_skip)
+            except SourceError as exc:
+                units.append(WorkUnit(scan.name, scan.split, Chunk(scan, 0, 0, exc.reason)))
+                continue
+            for i in range(0, len(frames), c.chunk_frames):
+                first, last = frames[i], frames[min(i + c.chunk_frames, len(frames)) - 1]
+                chunk = Chunk(scan, first, last + 1)
+                units.append(WorkUnit(f"{scan.name}-{first:06d}", scan.split, chunk))
+        return units  # select_scans() orders scans by split, then name
+
+    def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
+        chunk: Chunk = unit.payload
+        scan = chunk.scan
+        if chunk.error is not None:
+            raise SourceError(scan.path, chunk.error)
+        labels = LabelSource(scan, Path(self.config.src)) if self.config.labels else None
+        try:
+            if scan.exported:
+                yield from self._convert_exported(chunk, labels)
+            else:
+                yield from self._convert_sens(chunk, labels)
+        finally:
+            if labels is not None:
+                labels.close()
+
+    def _convert_sens(self, chunk: Chunk, labels: LabelSource | None) -> Iterator[Sample | Skipped]:
+        c, scan = self.config, chunk.scan
+        with SensReader(scan.path, scan.name) as reader:
+            h = reader.header
+            geometry = _Geometry(
+                h.intrinsic_color, h.intrinsic_depth, h.color_size, h.depth_size, c.size
+            )
+            for frame in reader.frames(chunk.start, chunk.stop, c.frame_skip):
+                where = f"{scan.name}/{frame.index:06d}"
+                rgb = decode_color(frame.color, h.color_compression, h.color_size, c.size)
+                if rgb is None:
+                    yield Skipped(
+                        where,
+                        f"colour {h.color_compression} does not decode "
+                        f"(byte {frame.color_offset}, {len(frame.color)} bytes)",
+                    )
+                    continue
+                depth = decode_depth(frame.depth, h)
+                if isinstance(depth, str):
+                    yield Skipped(where, f"{depth} (byte {frame.depth_offset})")
+                    continue
+                yield from self._sample(scan, frame.index, rgb, depth, frame.pose, geometry, labels)
+
+    def _convert_exported(
+        self, chunk: Chunk, labels: LabelSource | None
+    ) -> Iterator[Sample | Skipped]:
+        c, scan = self.config, chunk.scan
+        root = Path(scan.path)
+        files = exported_frames(root)
+        intr = {
+            name: read_matrix(root / "intrinsic" / f"intrinsic_{name}.txt")
+            for name in ("color", "depth")
+        }
+        for index in range(chunk.start, chunk.stop, c.frame_skip):
+            if index not in files:
+                continue
+            where = f"{scan.name}/{index:06d}"
+            data = (root / "color" / files[index]).read_bytes()
+            color_size = jpeg_size(data) if files[index].lower().endswith(("jpg", "jpeg")) else None
+            kind = "jpeg" if color_size else "png"
+            rgb = decode_color(data, kind, color_size, c.size)
+            if rgb is None:
+                yield Skipped(where, f"color/{files[index]} does not decode")
+                continue
+            color_size = color_size or (rgb.shape[1], rgb.shape[0])
+            depth = cv2.imread(str(root / "depth" / f"{index}.png"), cv2.IMREAD_UNCHANGED)
+            if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
+                yield Skipped(
+                    where, f"depth/{index}.png is missing or not a 16-bit single-channel PNG"
+                )
+                continue
+            pose = read_matrix(root / "pose" / f"{index}.txt")
+            if pose is not None:  # the .sens stores float32: keep both routes identical
+                pose = pose.astype(np.float32).astype(np.float64)
+            if pose is not None and not np.isfinite(pose).all():
+                pose = None
+            depth_size = (depth.shape[1], depth.shape[0])
+            geometry = _Geometry(intr["color"], intr["depth"], color_size, depth_size, c.size)
+            yield from self._sample(scan, index, rgb, depth, pose, geometry, labels)
+
+    def _sample(
+        self,
+        scan: Scan,
+        index: int,
+        rgb: np.ndarray,
+        depth_mm: np.ndarray,
+        pose: np.ndarray | None,
+        geometry: _Geometry,
+        labels: LabelSource | None,
+    ) -> Iterator[Sample | Skipped]:
+        size = self.config.size
+        label = None
+        if labels is not None:
+            read = labels.read(index, size)
+            if isinstance(read, str):
+                yield Skipped(f"{scan.name}/{index:06d}", read)
+                return
+            label = read
+        meta = make_meta(
+            source="scannet",
+            id=f"{scan.name}/{index:06d}",
+            split=scan.split,
+            width=size[0],
+            height=size[1],
+            depth_scale=DEPTH_SCALE_M,
+            depth_unit="m",
+            intrinsics=geometry.color,
+            pose=pose,
+            scene=scan.name,
+            frame=index,
+            **({"depth_intrinsics": geometry.depth} if geometry.depth is not None else {}),
+        )
+        yield Sample(
+            key=f"{scan.name}_{index:06d}",
+            split=scan.split,
+            rgb=rgb,
+            meta=meta,
+            depth=resize_nearest(depth_mm, size),
+            label=label,
+        )
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def decode_color(
+    data: bytes, compression: str, src_size: tuple[int, int] | None, size: tuple[int, int]
+) -> np.ndarray | None:
+    """Colour blob -> RGB uint8 at ``size``; None when it does not decode.
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (DCT scaling) when that is
+    still at least ``size``, then area-resized: 1296x968 -> 648x484 -> 640x480.
+    """
+    if compression == "raw":
+        if src_size is None or len(data) != src_size[0] * src_size[1] * 3:
+            return None
+        return resize_rgb(np.frombuffer(data, np.uint8).reshape(src_size[1], src_size[0], 3), size)
+    flag = cv2.IMREAD_COLOR
+    if compression == "jpeg":
+        # A cut-off JPEG decodes to grey without an error: demand both markers.
+        end_ok = data.endswith(b"\xff\xd9") or data.rstrip(b"\x00").endswith(b"\xff\xd9")
+        if not (data.startswith(b"\xff\xd8") and end_ok):
+            return None
+        if src_size is not None:
+            flag = _REDUCED.get(_reduction(src_size, size), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if bgr is None or bgr.ndim != 3:
+        return None
+    return resize_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def _reduction(src: tuple[int, int], dst: tuple[int, int]) -> int:
+    for f in (8, 4, 2):
+        if -(-src[0] // f) >= dst[0] and -(-src[1] // f) >= dst[1]:
+            return f
+    return 1
+
+
+def decode_depth(blob: bytes, header: SensHeader) -> np.ndarray | str:
+    """Depth blob of a .sens frame -> HxW uint16 millimetres, or the reason it is unusable."""
+    w, h = header.depth_size
+    if header.depth_compression == "zlib":
+        try:
+            blob = zlib.decompress(blob)
+        except zlib.error as exc:
+            return f"depth does not inflate: {exc}"
+    if len(blob) != w * h * 2:
+        return f"depth inflates to {len(blob)} bytes, expected {w}x{h}x2 = {w * h * 2}"
+    depth = np.frombuffer(blob, "<u2").reshape(h, w)
+    if header.depth_shift != DEPTH_SHIFT_MM:
+        mm = np.rint(depth * (DEPTH_SHIFT_MM / header.depth_shift))
+        depth = np.clip(mm, 0, 65535).astype(np.uint16)
+    return depth
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(W, H) from a JPEG's SOF marker without decoding; None when there is none."""
+    i = 2
+    n = len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Colour and depth intrinsics at the stored size."""
+
+    color: dict[str, float] | None
+    depth: dict[str, float] | None
+
+    def __init__(
+        self,
+        k_color: np.ndarray | None,
+        k_depth: np.ndarray | None,
+        color_size: tuple[int, int],
+        depth_size: tuple[int, int],
+        size: tuple[int, int],
+    ) -> None:
+        object.__setattr__(self, "color", _scaled(k_color, color_size, size))
+        object.__setattr__(self, "depth", _scaled(k_depth, depth_size, size))
+
+
+def _scaled(
+    k: np.ndarray | None, src: tuple[int, int], dst: tuple[int, int]
+) -> dict[str, float] | None:
+    if k is None:
+        return None
+    # float32 -> float: the stored value, not its shortest decimal.
+    k32 = np.asarray(k, dtype=np.float32).astype(np.float64)
+    return scale_intrinsics(
+        {"fx": k32[0, 0], "fy": k32[1, 1], "cx": k32[0, 2], "cy": k32[1, 2]}, src, dst
+    )

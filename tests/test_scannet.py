@@ -1,0 +1,322 @@
+"""ScanNet converter: .sens (byte-exact fixtures) and exported folders, labels, splits, bad input."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from converters.base import Skipped
+from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
+from converters.scannet import ScanNetConfig, ScanNetConverter, decode_color, jpeg_size
+from converters.scannet_layout import LABELS, SCANNET20_NYU40, label_lut, parse_scenes
+from converters.sens import SensReader
+from datakit.errors import SourceError
+from datakit.schema import Sample, decode, encode
+from tests import scannet_fixtures as fx
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+SIZE = (80, 60)  # fixture colour 160x120 (DCT-halved on decode), depth 80x60
+
+
+def _samples(src: Path, **cfg: object) -> tuple[list[Sample], list[Skipped]]:
+    conv = ScanNetConverter(ScanNetConfig(src=str(src), **{"size": SIZE, **cfg}))  # type: ignore[arg-type]
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for unit in conv.units():
+        for s in conv.convert(unit):
+            (skipped if isinstance(s, Skipped) else samples).append(s)  # type: ignore[arg-type]
+    return samples, skipped
+
+
+def _rgb(bgr: np.ndarray | None) -> np.ndarray:
+    assert bgr is not None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _scene(tmp_path: Path, spec: fx.SensSpec, name: str = "scene0001_00") -> Path:
+    folder = tmp_path / "scans" / name
+    folder.mkdir(parents=True)
+    fx.write_sens(folder / f"{name}.sens", spec)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spec() -> fx.SensSpec:
+    return fx.make_spec(11, no_pose=(5,), name="Sensor7")  # odd name length, -inf pose, IMU block
+
+
+# --- the .sens reader against the layout -------------------------------------------------------
+
+
+def test_reader_parses_header_and_frames(tmp_path: Path, spec: fx.SensSpec) -> None:
+    path = fx.write_sens(tmp_path / "s.sens", spec)
+    with SensReader(path, "s") as r:
+        h = r.header
+        assert (h.sensor_name, h.num_frames, h.color_size, h.depth_size) == (
+            "Sensor7",
+            11,
+            (160, 120),
+            (80, 60),
+        )
+        assert (h.color_compression, h.depth_compression, h.depth_shift) == ("jpeg", "zlib", 1000.0)
+        np.testing.assert_array_equal(h.intrinsic_color, spec.intrinsic_color)
+        np.testing.assert_array_equal(h.intrinsic_depth, spec.intrinsic_depth)
+        # starting at frame 7 walks headers only; then random access backwards uses the cache
+        for i in (7, 10, 2, 5):
+            f = r.read_frame(i)
+            assert (f.color, f.depth) == (spec.frames[i].color, spec.frames[i].depth)
+            assert (f.timestamp_color, f.timestamp_depth) == (33333 * i, 33333 * i + 7)
+        assert r.read_frame(5).pose is None
+        np.testing.assert_array_equal(r.read_frame(4).pose, fx.pose(4))
+        assert [f.index for f in r.frames(1, None, 4)] == [1, 5, 9]
+
+
+def test_reader_reports_truncation_with_scan_frame_and_offset(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    path = fx.write_sens(tmp_path / "t.sens", spec)
+    with SensReader(path, "t") as r:
+        off6 = r.read_frame(6).offset
+    data = path.read_bytes()
+    cut = tmp_path / "cut.sens"
+    cut.write_bytes(data[: off6 + 100])  # inside frame 6's colour bytes
+    with SensReader(cut, "scene0009_00") as r:
+        r.read_frame(5)
+        with pytest.raises(SourceError, match=rf"scene0009_00.*frame 6 at byte {off6}.*truncated"):
+            r.read_frame(6)
+    bad = tmp_path / "v3.sens"
+    bad.write_bytes(struct.pack("<I", 3) + data[4:])
+    with pytest.raises(SourceError, match="version 3"):
+        SensReader(bad, "v3")
+
+
+# --- samples -----------------------------------------------------------------------------------
+
+
+def test_sens_samples_carry_every_value(tmp_path: Path, spec: fx.SensSpec) -> None:
+    _scene(tmp_path, spec)
+    samples, skipped = _samples(tmp_path, frame_skip=3)  # 11 frames: 0 3 6 9
+    assert not skipped
+    assert [s.key for s in samples] == [f"scene0001_00_{i:06d}" for i in (0, 3, 6, 9)]
+    for s in samples:
+        i = s.meta["frame"]
+        assert s.meta["id"] == f"scene0001_00/{i:06d}" and s.meta["scene"] == "scene0001_00"
+        assert (s.split, s.meta["split"], s.meta["source"]) == ("train", "train", "scannet")
+        assert (s.meta["depth_scale"], s.meta["depth_unit"]) == (0.001, "m")
+        assert s.rgb.shape == (60, 80, 3) and s.depth is not None and s.depth.dtype == np.uint16
+        np.testing.assert_array_equal(s.depth, fx.depth_of(spec, i))  # pixel-exact millimetres
+        np.testing.assert_array_equal(s.meta["pose"], fx.pose(i))
+        k = spec.intrinsic_color
+        want = scale_intrinsics(
+            {"fx": k[0, 0], "fy": k[1, 1], "cx": k[0, 2], "cy": k[1, 2]}, (160, 120), SIZE
+        )
+        assert s.meta["intrinsics"] == pytest.approx(want, abs=1e-9)
+        assert s.meta["intrinsics"]["fx"] == pytest.approx(74.25) and s.meta["intrinsics"][
+            "cx"
+        ] == pytest.approx(39.875)
+        assert s.meta["depth_intrinsics"] == pytest.approx(
+            {"fx": 74.25, "fy": 73.5, "cx": 39.75, "cy": 29.625}
+        )
+        # colour: DCT-halved decode then area resize, close to a full decode + area resize
+        full = _rgb(cv2.imdecode(np.frombuffer(spec.frames[i].color, np.uint8), cv2.IMREAD_COLOR))
+        assert np.abs(s.rgb.astype(int) - resize_rgb(full, SIZE).astype(int)).mean() < 3
+        encode(s)  # valid against the schema
+
+
+def test_minus_inf_pose_is_omitted_and_frame_kept(tmp_path: Path, spec: fx.SensSpec) -> None:
+    _scene(tmp_path, spec)
+    samples, _ = _samples(tmp_path, frame_skip=5)
+    by_frame = {s.meta["frame"]: s for s in samples}
+    assert sorted(by_frame) == [0, 5, 10]
+    assert "pose" not in by_frame[5].meta and "pose" in by_frame[10].meta
+
+
+def test_depth_and_labels_resized_by_nearest(tmp_path: Path, spec: fx.SensSpec) -> None:
+    folder = _scene(tmp_path, spec)
+    ids = np.zeros((120, 160), np.uint16)
+    ids[:, :40], ids[:, 40:80], ids[:, 80:120], ids[:60, 120:] = 1, 2, 6, 999  # wall chair books ?
+    ids[60:, 120:] = 40  # refrigerator (nyu40 24)
+    ids[0, 0] = 3000  # nyu40 39 otherfurniture
+    fx.write_label_zip(folder / "scene0001_00_2d-label-filt.zip", {0: ids, 4: ids[::-1].copy()})
+    fx.write_label_map(tmp_path / "scannetv2-labels.combined.tsv")
+    samples, skipped = _samples(tmp_path, frame_skip=4, labels=True, size=(40, 30))
+    assert [s.meta["frame"] for s in samples] == [0, 4]
+    assert [k.source for k in skipped] == ["scene0001_00/000008"] and "no label image" in skipped[
+        0
+    ].reason
+    lab = samples[0].label
+    assert lab is not None and lab.dtype == np.uint8 and lab.shape == (30, 40)
+    expected = np.full(ids.shape, 255, np.uint8)
+    for sid, train in ((1, 0), (2, 4), (40, 14), (3000, 19)):
+        expected[ids == sid] = train
+    np.testing.assert_array_equal(lab, resize_nearest(expected, (40, 30)))
+    assert set(np.unique(lab)) == {0, 4, 14, 255}
+    np.testing.assert_array_equal(samples[1].label, resize_nearest(expected[::-1], (40, 30)))
+    np.testing.assert_array_equal(samples[0].depth, resize_nearest(fx.depth_of(spec, 0), (40, 30)))
+    assert LABELS.classes[14] == "refrigerator" and len(LABELS.classes) == 20
+
+
+def test_label_map_follows_the_benchmark_ids() -> None:
+    real = FIXTURES / "scannet_meta"
+    if not real.is_dir():
+        pytest.skip("../shared/fixtures absent")
+    lut = label_lut(str(real / "scannetv2-labels.combined.tsv"))
+    bench = [
+        int(line.split()[0])
+        for line in (real / "classes_SemVoxLabel-nyu40id.txt").read_text().splitlines()
+        if line.strip()
+    ]
+    assert tuple(bench) == SCANNET20_NYU40
+    assert (lut[1], lut[2], lut[0], lut[65535]) == (
+        0,
+        4,
+        255,
+        255,
+    )  # wall, chair, unannotated, unknown
+
+
+def test_chunks_and_frame_skip_not_dividing(tmp_path: Path, spec: fx.SensSpec) -> None:
+    _scene(tmp_path, spec)
+    conv = ScanNetConverter(
+        ScanNetConfig(src=str(tmp_path), size=SIZE, frame_skip=2, chunk_frames=2)
+    )
+    units = conv.units()
+    assert [(u.payload.start, u.payload.stop) for u in units] == [(0, 3), (4, 7), (8, 11)]
+    keys = [s.key for u in units for s in conv.convert(u) if isinstance(s, Sample)]
+    whole, _ = _samples(tmp_path, frame_skip=2)
+    assert keys == [s.key for s in whole] == [f"scene0001_00_{i:06d}" for i in (0, 2, 4, 6, 8, 10)]
+
+
+def test_exported_route_gives_identical_samples(tmp_path: Path, spec: fx.SensSpec) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _scene(a, spec)
+    fx.write_exported(b / "scans" / "scene0001_00", spec, frame_indices=range(0, 11, 2))
+    ids = np.full((120, 160), 2, np.uint16)
+    for root in (a, b):
+        fx.write_label_zip(
+            root / "scans" / "scene0001_00" / "scene0001_00_2d-label-filt.zip",
+            {i: ids for i in range(11)},
+        )
+        fx.write_label_map(root / "scannetv2-labels.combined.tsv")
+    sa, _ = _samples(a, frame_skip=4, labels=True)
+    sb, _ = _samples(b, frame_skip=4, labels=True)  # exported frames 0 2 4 ..: keeps 0 4 8
+    assert (
+        [s.key for s in sa] == [s.key for s in sb] == [f"scene0001_00_{i:06d}" for i in (0, 4, 8)]
+    )
+    for x, y in zip(sa, sb, strict=True):
+        assert encode(x) == encode(y)  # byte-identical members: rgb, depth, label, json
+
+
+def test_corrupt_frames_are_skipped_with_reason(tmp_path: Path, spec: fx.SensSpec) -> None:
+    frames = list(spec.frames[:4])
+    frames[1] = replace(frames[1], color=frames[1].color[: len(frames[1].color) // 2])  # cut JPEG
+    frames[2] = replace(frames[2], depth=b"not zlib at all")
+    frames[3] = replace(frames[3], depth=zlib.compress(b"\0" * 100))
+    _scene(tmp_path, replace(spec, frames=frames))
+    samples, skipped = _samples(tmp_path, frame_skip=1)
+    assert [s.meta["frame"] for s in samples] == [0]
+    assert [k.source for k in skipped] == [f"scene0001_00/{i:06d}" for i in (1, 2, 3)]
+    assert "colour jpeg does not decode" in skipped[0].reason
+    assert "does not inflate" in skipped[1].reason
+    assert "inflates to 100 bytes, expected 80x60x2" in skipped[2].reason
+    assert all("byte " in k.reason for k in skipped)
+
+
+def test_missing_label_zip_fails_the_scan(tmp_path: Path, spec: fx.SensSpec) -> None:
+    _scene(tmp_path, spec)
+    fx.write_label_map(tmp_path / "scannetv2-labels.combined.tsv")
+    conv = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, labels=True))
+    with pytest.raises(SourceError, match="scene0001_00_2d-label-filt.zip"):
+        list(conv.convert(conv.units()[0]))
+    (tmp_path / "scannetv2-labels.combined.tsv").unlink()
+    with pytest.raises(SourceError, match="label map"):
+        conv.units()
+
+
+def test_splits_scenes_and_broken_headers(tmp_path: Path) -> None:
+    small = fx.make_spec(2)
+    for name in ("scene0000_00", "scene0001_00", "scene0002_00"):
+        _scene(tmp_path, small, name)
+    (tmp_path / "scans" / "notascan").mkdir()
+    fx.write_split_lists(
+        tmp_path, {"train": ["scene0000_00", "scene0002_00"], "val": ["scene0001_00"]}
+    )
+    test_dir = tmp_path / "scans_test" / "scene0707_00"
+    test_dir.mkdir(parents=True)
+    (test_dir / "scene0707_00.sens").write_bytes(b"\4\0\0\0garbage")
+    conv = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, frame_skip=1))
+    units = conv.units()
+    assert [(u.split, u.id) for u in units] == [
+        ("train", "scene0000_00-000000"), ("train", "scene0002_00-000000"),
+        ("val", "scene0001_00-000000"), ("test", "scene0707_00"),
+    ]  # fmt: skip
+    with pytest.raises(SourceError, match="scene0707_00.*header"):
+        list(conv.convert(units[-1]))
+    val = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, split="val")).units()
+    assert [u.payload.scan.name for u in val] == ["scene0001_00"]
+    picked = ScanNetConverter(ScanNetConfig(src=str(tmp_path), scenes=("scene0002_00",))).units()
+    assert [u.payload.scan.name for u in picked] == ["scene0002_00"]
+    with pytest.raises(SourceError, match="scenes not found: scene9999_00"):
+        ScanNetConverter(ScanNetConfig(src=str(tmp_path), scenes=("scene9999_00",))).units()
+    with pytest.raises(SourceError, match="no ScanNet scans"):
+        ScanNetConverter(ScanNetConfig(src=str(tmp_path / "scans" / "notascan"))).units()
+    (tmp_path / "list.txt").write_text("scene0001_00  # a comment\n\nscene0000_00\n")
+    assert parse_scenes(f"@{tmp_path / 'list.txt'}") == ("scene0001_00", "scene0000_00")
+    assert parse_scenes(" a, b ,") == ("a", "b")
+
+
+def test_colour_decoding_helpers() -> None:
+    rng = np.random.default_rng(1)
+    jpg = fx.encode_jpeg(fx.colour_image(rng, (1296, 968)))
+    assert jpeg_size(jpg) == (1296, 968)
+    rgb = decode_color(jpg, "jpeg", (1296, 968), (640, 480))
+    assert rgb is not None and rgb.shape == (480, 640, 3)
+    assert decode_color(jpg[:-500], "jpeg", (1296, 968), (640, 480)) is None
+    assert decode_color(b"\xff\xd8garbage\xff\xd9", "jpeg", (1296, 968), (640, 480)) is None
+
+
+# --- the real fixtures ----------------------------------------------------------------------------
+
+
+def test_real_constructed_sens_fixture(tmp_path: Path) -> None:
+    sens = FIXTURES / "scannet_sens_constructed" / "scene0000_00_fixture.sens"
+    posed = FIXTURES / "scannet_mmdet3d_posed_images"
+    if not sens.is_file():
+        pytest.skip("../shared/fixtures absent")
+    scene = tmp_path / "scans" / "scene0000_00"
+    scene.mkdir(parents=True)
+    (scene / "scene0000_00.sens").symlink_to(sens)
+    samples, skipped = _samples(tmp_path, frame_skip=1, size=(640, 480))
+    assert not skipped and [s.key for s in samples] == [f"scene0000_00_{i:06d}" for i in range(3)]
+    for s, name in zip(samples, ("00000", "00011", "00102"), strict=True):
+        np.testing.assert_allclose(s.meta["pose"], np.loadtxt(posed / f"{name}.txt"), atol=1e-6)
+        assert s.depth is not None and s.depth.shape == (480, 640)
+        assert not s.depth[:20, :20].any() and s.depth[20:].min() >= 1500 and s.depth.max() <= 3457
+        ref = _rgb(cv2.imread(str(posed / f"{name}.jpg")))
+        assert np.abs(s.rgb.astype(int) - resize_rgb(ref, (640, 480)).astype(int)).mean() < 3
+        k = s.meta["intrinsics"]
+        assert k["fx"] == pytest.approx(1169.621094 * 640 / 1296, rel=1e-6)
+        assert k["cy"] == pytest.approx((489.927032 + 0.5) * 480 / 968 - 0.5, rel=1e-6)
+        dec = decode(s.key, encode(s))
+        np.testing.assert_array_equal(dec.depth_raw, s.depth)
+
+
+def test_real_split_lists(tmp_path: Path) -> None:
+    meta = FIXTURES / "scannet_meta"
+    if not meta.is_dir():
+        pytest.skip("../shared/fixtures absent")
+    for f in meta.glob("scannetv2_*.txt"):
+        (tmp_path / f.name).symlink_to(f)
+    small = fx.make_spec(1)
+    for name in ("scene0000_00", "scene0011_00", "scene0707_00"):
+        _scene(tmp_path, small, name)
+    units = ScanNetConverter(ScanNetConfig(src=str(tmp_path))).units()
+    assert [(u.payload.scan.name, u.split) for u in units] == [
+        ("scene0000_00", "train"), ("scene0011_00", "val"), ("scene0707_00", "test"),
+    ]  # fmt: skip
