@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "synthetic": "converters.synthetic:SyntheticConverter",
     "scannet": "converters.scannet:ScanNetConverter",
-    "scannet": "converters.scannet:ScanNetConverter",
     "cityscapes": "converters.cityscapes:CityscapesConverter",
     "nyu": "converters.nyu:NyuConverter",
     "folder": "converters.folder:FolderConverter",
