@@ -1,0 +1,143 @@
+"""The CLI through click's CliRunner: convert, info, verify, merge, errors as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.synthetic import SyntheticConfig, render_sample
+from datakit import open_dataset
+from datakit.cli import main
+from datakit.errors import DatasetIncomplete
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ds64(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "syn"
+    res = run("convert", "synthetic", str(out), "--num", "64", "--size", "64x48", "--shard-size", "16",
+              "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "64 samples in 4 shards" in res.output
+    return out
+
+
+def test_info_shows_counts(ds64):
+    res = run("info", str(ds64))
+    assert res.exit_code == 0
+    assert "64 in 4 shards" in res.output
+    assert "synthetic6: 6 classes" in res.output
+    assert " m, scale 0.001" in res.output
+
+
+def test_tar_members_and_bit_exact_depth(ds64, tmp_path):
+    with tarfile.open(ds64 / "train-000000.tar") as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    assert names[:4] == ["train_000000.rgb.jpg", "train_000000.depth.png",
+                         "train_000000.label.png", "train_000000.json"]
+    assert len(names) == 16 * 4
+    depth = cv2.imread(str(tmp_path / "train_000000.depth.png"), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16
+    written = render_sample(SyntheticConfig(num=64, size=(64, 48)), "train", 0)
+    np.testing.assert_array_equal(depth, written.depth)
+    label = cv2.imread(str(tmp_path / "train_000000.label.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(label, written.label)
+    meta = json.loads((tmp_path / "train_000000.json").read_text())
+    assert meta["id"] == "train/000000" and meta["depth_scale"] == 0.001 and meta["depth_unit"] == "m"
+    assert set(meta["intrinsics"]) == {"fx", "fy", "cx", "cy"} and np.asarray(meta["pose"]).shape == (4, 4)
+    first = next(iter(open_dataset(str(ds64))))
+    np.testing.assert_array_equal(first.depth_raw, written.depth)
+
+
+def test_verify_ok_then_flipped_byte_is_named(ds64, tmp_path):
+    res = run("verify", str(ds64))
+    assert res.exit_code == 0 and "OK: 4 shards, 64 samples" in res.output
+    bad = tmp_path / "bad"
+    shutil.copytree(ds64, bad)
+    target = bad / "train-000002.tar"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    target.write_bytes(bytes(data))
+    res = run("verify", "-q", str(bad))
+    assert res.exit_code == 1
+    assert f"FAULT {target}: sha256 mismatch" in res.output
+    assert "train-000000.tar" not in res.output.replace("checked", "")
+
+
+def test_verify_reports_missing_shard_and_undecodable_sample(ds64, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ds64, bad)
+    (bad / "train-000001.tar").unlink()
+    # Rewrite shard 3 with a corrupt PNG for one sample, keeping the manifest: hash and decode fail.
+    src = bad / "train-000003.tar"
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    import io
+
+    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, data in members:
+            if m.name.endswith("000050.depth.png"):
+                data = b"\x89PNG broken"
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    res = run("verify", "-q", str(bad))
+    assert res.exit_code == 1
+    assert "train-000001.tar: missing or unreadable" in res.output
+    assert "train_000050.depth.png: image bytes do not decode" in res.output
+
+
+def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
+    bad = tmp_path / "noinfo"
+    shutil.copytree(ds64, bad)
+    (bad / "_info.json").unlink()
+    for cmd in ("info", "verify"):
+        res = CliRunner().invoke(main, [cmd, str(bad)])
+        assert res.exit_code == 1
+        assert "dataset is incomplete" in res.output
+        assert "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    with pytest.raises(DatasetIncomplete, match="dataset is incomplete"):
+        open_dataset(str(bad))
+
+
+def test_convert_refuses_existing_and_conflicting_flags(ds64):
+    res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--num", "64", "--size", "64x48",
+                                    "--shard-size", "16", "--no-progress"])
+    assert res.exit_code == 2 and "already holds a complete dataset" in res.output
+    res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--resume", "--overwrite"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
+    res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--size", "64by48"])
+    assert res.exit_code == 2 and "is not a size like 640x480" in res.output
+    res = CliRunner().invoke(main, ["convert", "nosuchsource", str(ds64)])
+    assert res.exit_code == 2 and "No such command" in res.output
+
+
+def test_parts_and_merge_via_cli(tmp_path):
+    out = tmp_path / "p"
+    for i in range(2):
+        res = run("convert", "synthetic", str(out), "--num", "6", "--size", "32x24", "--shard-size", "2",
+                  "--per-unit", "1", "--part", str(i), "--num-parts", "2", "--no-progress")
+        assert res.exit_code == 0, res.output
+    res = run("merge", str(out))
+    assert res.exit_code == 0 and "merged 4 shards, 6 samples" in res.output
+    assert run("verify", "-q", str(out)).exit_code == 0
+    assert [s.key for s in open_dataset(str(out))] == [f"train_{i:06d}" for i in range(6)]
+
+
+def test_rgb_png_option(tmp_path):
+    res = run("convert", "synthetic", str(tmp_path / "png"), "--num", "2", "--size", "32x24",
+              "--rgb-format", "png", "--no-progress")
+    assert res.exit_code == 0
+    s = next(iter(open_dataset(str(tmp_path / "png"))))
+    np.testing.assert_array_equal(s.rgb, render_sample(SyntheticConfig(size=(32, 24)), "train", 0).rgb)
