@@ -123,8 +123,6 @@ class FolderConverter(Converter):
 
     def units(self) -> list[WorkUnit]:
         pairs, unpaired = find_pairs(self.config)
-        if not pairs and not unpaired:
-            raise SourceError(self.config.src, f"no files match --rgb {self.config.rgb!r}")
         units = []
         for start in range(0, max(len(pairs), 1), PAIRS_PER_UNIT):
             chunk = tuple(pairs[start : start + PAIRS_PER_UNIT])
@@ -139,7 +137,7 @@ class FolderConverter(Converter):
     def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
         pairs, unpaired = unit.payload
         if unpaired:
-            summary = _unpaired_message(unpaired)
+            summary = _unpaired_message(unpaired, self.config.src)
             for i, (path, reason) in enumerate(unpaired):
                 yield Skipped(path, summary if i == 0 else reason)
         for pair in pairs:
@@ -291,6 +289,10 @@ def find_pairs(cfg: FolderConfig) -> tuple[list[Pair], list[tuple[str, str]]]:
     depth = _collect(rels, cfg.depth, DEPTH_EXTENSIONS, "depth", cfg.src)
     label = _collect(rels, cfg.label, LABEL_EXTENSIONS, "label", cfg.src) if cfg.label else None
     roles = {"rgb": rgb, "depth": depth, **({"label": label} if label is not None else {})}
+    for role, files in roles.items():
+        if not files:
+            pattern = getattr(cfg, role)
+            raise SourceError(cfg.src, f"no files match --{role} {pattern!r}")
     overlap = set(rgb.values()) & set(depth.values())
     if overlap:
         raise SourceError(os.path.join(cfg.src, min(overlap)), "matches both --rgb and --depth")
@@ -322,10 +324,10 @@ def sample_key(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", key)
 
 
-def _unpaired_message(unpaired: tuple[tuple[str, str], ...]) -> str:
-    listed = "; ".join(f"{p} ({r})" for p, r in unpaired[:MAX_LISTED])
+def _unpaired_message(unpaired: tuple[tuple[str, str], ...], src: str) -> str:
+    listed = "; ".join(f"{os.path.relpath(p, src)} ({r})" for p, r in unpaired[:MAX_LISTED])
     more = f"; ... and {len(unpaired) - MAX_LISTED} more" if len(unpaired) > MAX_LISTED else ""
-    return f"{len(unpaired)} unpaired file(s): {listed}{more}"
+    return f"{len(unpaired)} unpaired file(s) under {src}: {listed}{more}"
 
 
 # --- reading and storing depth -----------------------------------------------------------------
