@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "cityscapes": "converters.cityscapes:CityscapesConverter",
     "nyu": "converters.nyu:NyuConverter",
     "folder": "converters.folder:FolderConverter",
+    "borehole": "converters.borehole:BoreholeConverter",
 }
 
 

@@ -1,0 +1,562 @@
+"""Borehole image logs (DLIS, LAS 2.0, HDF5, NPZ) -> windows of an unrolled borehole wall.
+
+One work unit per log file (a well). The image channel (acoustic amplitude, resistivity, density) is
+resampled along azimuth to ``columns`` with periodic interpolation, scaled to 8 bits by robust
+per-well percentiles (the same scaling for every window of a well; recorded in ``_info.json``) and
+stored as grayscale RGB or through a matplotlib colormap. The optional exogenous channel (transit time,
+radius) becomes ``depth`` in its physical unit. The log is cut into windows of ``window`` rows every
+``stride`` rows: ``(rows - window) // stride + 1`` windows; rows past the last full window are not
+used. Breakout picks (depth top, depth bottom, azimuth centre, azimuth width) become a label mask.
+
+Geometry: row ``r`` of a window is index sample ``r`` (increasing depth); column ``j`` covers azimuth
+``[j, j + 1) * 360 / columns`` degrees from the azimuth reference, so sector ``i`` of ``n`` is centred
+at ``(i + 0.5) * 360 / n``. Invalid image pixels are black (RGB 0; valid values map to 1..255) and
+``ignore_index`` in the label.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from converters.base import Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
+from converters.welllogs import (
+    READERS,
+    WellLog,
+    convert_units,
+    is_well_log,
+    nice_scale,
+    read_well_log,
+)
+from datakit.errors import SourceError, UsageError
+from datakit.schema import Sample
+
+BREAKOUT_LABELS = LabelSet("breakouts", ("background", "breakout"), 255)
+DEPTH_LEVELS = 65535  # uint16 codes; 0 = invalid
+
+
+@dataclass(frozen=True)
+class BoreholeConfig:
+    src: str
+    image: str | None = None
+    depth: str | None = None
+    window: int = 256
+    stride: int = 128
+    columns: int = 256
+    colormap: str | None = None
+    breakouts: str | None = None
+    azimuth_reference: str = "sector-1"
+    negative_invalid: bool = True
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+    def __post_init__(self) -> None:
+        if min(self.window, self.stride, self.columns) < 1:
+            raise UsageError("--window, --stride and --columns must be at least 1")
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise UsageError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+
+
+@dataclass(frozen=True)
+class WellStats:
+    """What a survey of one well found: rows, index range, image scaling, exogenous range."""
+
+    unit_id: str
+    file: str
+    format: str
+    well: str
+    rows: int
+    windows: int
+    index_name: str
+    index_unit: str
+    top: float
+    bottom: float
+    image_members: tuple[str, ...]
+    image_unit: str
+    image_lo: float | None
+    image_hi: float | None
+    depth_members: tuple[str, ...] | None
+    depth_unit: str | None
+    depth_max: float | None  # in the well's own exogenous unit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "format": self.format,
+            "well": self.well,
+            "rows": self.rows,
+            "windows": self.windows,
+            "index": {"name": self.index_name, "unit": self.index_unit,
+                      "top": self.top, "bottom": self.bottom},
+            "image": {"channels": list(self.image_members), "unit": self.image_unit,
+                      "lo": self.image_lo, "hi": self.image_hi},
+            "depth": None if self.depth_members is None else {
+                "channels": list(self.depth_members), "unit": self.depth_unit},
+        }
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Every well's statistics and the dataset-wide exogenous unit and scale."""
+
+    wells: dict[str, WellStats]
+    errors: dict[str, str]  # unit id -> why the well cannot be read (raised again by convert)
+    depth_unit: str | None
+    depth_scale: float | None
+
+
+class BoreholeConverter(Converter):
+    name = "borehole"
+    Config = BoreholeConfig
+    help = (
+        "Borehole image logs (DLIS, LAS 2.0, HDF5, NPZ; a file or a folder of them) cut into windows "
+        "along depth. Azimuth is periodic; the exogenous channel (--depth) becomes depth."
+    )
+    params = [
+        click.Argument(["src"], type=click.Path(exists=True, path_type=str)),
+        click.Option(["--image"], default=None, metavar="CH",
+                     help="Image channel, or a LAS sector pattern like 'ABDC{}M' ({} = sector "
+                          "number). Default: the file's only multi-sector channel."),
+        click.Option(["--depth"], default=None, metavar="CH",
+                     help="Exogenous channel stored as depth (transit time, radius); same naming "
+                          "rules. Default: none (samples have no depth member)."),
+        click.Option(["--window"], type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Rows (depth samples) per window = image height."),
+        click.Option(["--stride"], type=click.IntRange(min=1), default=128, show_default=True,
+                     help="Rows between the tops of consecutive windows."),
+        click.Option(["--columns"], type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Azimuth columns = image width (periodic resampling)."),
+        click.Option(["--colormap"], default=None, metavar="NAME",
+                     help="matplotlib colormap for the picture (default: grayscale)."),
+        click.Option(["--breakouts"], type=click.Path(exists=True, dir_okay=False, path_type=str),
+                     default=None, metavar="CSV",
+                     help="Breakout picks: depth top, depth bottom, azimuth centre, azimuth width "
+                          "(degrees), optional well; rasterised into label masks."),
+        click.Option(["--azimuth-reference"], default="sector-1", show_default=True,
+                     help="What azimuth 0 (the left edge) is, recorded in every sample "
+                          "(e.g. high-side, north)."),
+        click.Option(["--negative-invalid/--negative-valid"], default=True, show_default=True,
+                     help="Treat negative values (pad gaps) as invalid."),
+    ]
+
+    config: BoreholeConfig
+
+    def __init__(self, config: BoreholeConfig) -> None:
+        super().__init__(config)
+        self._survey: Survey | None = None
+
+    # --- the Converter interface ---------------------------------------------------------------
+
+    def units(self) -> list[WorkUnit]:
+        """One unit per log file under ``src`` (sorted); ids are unique sample-key prefixes."""
+        src = Path(self.config.src)
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.is_file() and is_well_log(p))
+            if not files:
+                raise SourceError(src, f"no well logs ({', '.join(READERS)}) in this folder")
+        elif src.is_file():
+            if not is_well_log(src):
+                raise SourceError(src, f"unknown log format; known: {', '.join(READERS)}")
+            files = [src]
+        else:
+            raise SourceError(src, "no such file or directory")
+        _colormap_lut(self.config.colormap)  # fail early on a bad name
+        if self.config.breakouts is not None:
+            read_breakouts(self.config.breakouts)
+        units: list[WorkUnit] = []
+        used: set[str] = set()
+        for f in files:
+            rel = f.relative_to(src).with_suffix("") if src.is_dir() else Path(f.stem)
+            uid = re.sub(r"[^A-Za-z0-9_-]+", "_", rel.as_posix()).strip("_") or "log"
+            if uid in used:
+                uid = f"{uid}_{f.suffix.lstrip('.').lower()}"
+            while uid in used:
+                uid += "_"
+            used.add(uid)
+            units.append(WorkUnit(uid, "train", str(f)))
+        return units
+
+    def info(self) -> SourceInfo:
+        """Reads every well once (statistics for the 8-bit scaling and the depth scale)."""
+        survey = self.survey()
+        c = self.config
+        extra = {
+            "borehole": {
+                "image_channel": c.image,
+                "depth_channel": c.depth,
+                "window": c.window,
+                "stride": c.stride,
+                "columns": c.columns,
+                "colormap": c.colormap,
+                "azimuth_reference": c.azimuth_reference,
+                "periodic_x": True,
+                "normalisation": {
+                    "method": "per-well percentiles -> 1..255 (0 = invalid)",
+                    "percentiles": list(c.percentiles),
+                },
+                "wells": {uid: s.to_json() for uid, s in survey.wells.items()},
+                "unreadable": dict(survey.errors),
+            }
+        }
+        return SourceInfo(
+            source=self.name,
+            depth_unit=survey.depth_unit,
+            depth_scale=survey.depth_scale,
+            labels=BREAKOUT_LABELS if c.breakouts is not None else None,
+            extra=extra,
+        )
+
+    def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
+        c = self.config
+        survey = self.survey()
+        log = self._read(unit.payload)
+        stats = survey.wells.get(unit.id) or _well_stats(unit.id, log, c)
+        depth_values = None
+        if log.depth is not None:
+            depth_values = _to_dataset_unit(log, survey.depth_unit)
+        picks = _picks_for(read_breakouts(c.breakouts), log, unit.id) if c.breakouts else None
+        lut = _colormap_lut(c.colormap)
+        image_plan = azimuth_plan(log.image.sectors, c.columns)
+        depth_plan = azimuth_plan(log.depth.sectors, c.columns) if log.depth is not None else None
+        if stats.windows == 0:
+            yield Skipped(log.path, f"{log.rows} rows, fewer than one window of {c.window}")
+            return
+        for k in range(stats.windows):
+            r0, r1 = k * c.stride, k * c.stride + c.window
+            z = log.index[r0:r1]
+            where = f"{log.path}@{z[0]:g}-{z[-1]:g}{log.index_unit}"
+            raw = log.image.values[r0:r1]
+            if not np.isfinite(raw).any():
+                yield Skipped(where, "all-null window (no valid image sample)")
+                continue
+            values, valid = resample_periodic(raw, image_plan)
+            rgb = to_rgb(values, valid, stats.image_lo, stats.image_hi, lut)
+            depth = None
+            if depth_values is not None and depth_plan is not None:
+                d, dvalid = resample_periodic(depth_values[r0:r1], depth_plan)
+                depth = depth_codes(d, dvalid, survey.depth_scale or 1.0)
+            label = None
+            if picks is not None:
+                label = rasterise_breakouts(picks, z, c.columns)
+                label[~valid] = BREAKOUT_LABELS.ignore_index
+            meta = make_meta(
+                source=self.name,
+                id=f"{unit.id}/{k:05d}",
+                split=unit.split,
+                width=c.columns,
+                height=c.window,
+                depth_scale=survey.depth_scale or 1.0,
+                depth_unit=survey.depth_unit,  # type: ignore[arg-type]  # None: no depth member
+                well=log.well,
+                file=Path(log.path).name,
+                format=log.format,
+                window=k,
+                rows=[r0, r1],
+                top=float(z[0]),
+                bottom=float(z[-1]),
+                index_unit=log.index_unit,
+                index_name=log.index_name,
+                channels={"image": log.image.request,
+                          "depth": log.depth.request if log.depth is not None else None},
+                sectors={"image": log.image.sectors,
+                         "depth": log.depth.sectors if log.depth is not None else None},
+                image_unit=log.image.unit,
+                image_range=[stats.image_lo, stats.image_hi],
+                azimuth_reference=c.azimuth_reference,
+                azimuth_deg_per_column=360.0 / c.columns,
+                periodic_x=True,
+            )
+            yield Sample(f"{unit.id}-{k:05d}", unit.split, rgb, meta, depth, label)
+
+    # --- the survey ----------------------------------------------------------------------------
+
+    def survey(self) -> Survey:
+        """Statistics of every well, computed once per converter (pickled into workers with it)."""
+        if self._survey is None:
+            self._survey = self._run_survey()
+        return self._survey
+
+    def _read(self, path: str) -> WellLog:
+        c = self.config
+        return read_well_log(path, c.image, c.depth, negative_invalid=c.negative_invalid)
+
+    def _run_survey(self) -> Survey:
+        wells: dict[str, WellStats] = {}
+        errors: dict[str, str] = {}
+        for unit in self.units():
+            try:
+                log = self._read(unit.payload)
+            except SourceError as exc:
+                errors[unit.id] = str(exc)
+                continue
+            wells[unit.id] = _well_stats(unit.id, log, self.config)
+        depth_unit = None
+        depth_max: float | None = None
+        if self.config.depth is not None:
+            for uid, s in list(wells.items()):
+                if depth_unit is None:
+                    depth_unit = s.depth_unit
+                m = _convert_scalar(s.depth_max, s.depth_unit, depth_unit)
+                if s.depth_max is not None and m is None:
+                    errors[uid] = (
+                        f"{s.file}: depth channel unit {s.depth_unit!r} does not convert to the "
+                        f"dataset's {depth_unit!r}"
+                    )
+                    del wells[uid]
+                    continue
+                if m is not None:
+                    depth_max = m if depth_max is None else max(depth_max, m)
+        scale = nice_scale(depth_max, DEPTH_LEVELS) if self.config.depth is not None else None
+        return Survey(wells, errors, depth_unit, scale)
+
+
+def _well_stats(unit_id: str, log: WellLog, c: BoreholeConfig) -> WellStats:
+    img = log.image.values
+    valid = img[np.isfinite(img)]
+    lo = hi = None
+    if valid.size:
+        lo, hi = (float(v) for v in np.percentile(valid, c.percentiles))
+    dmax = None
+    if log.depth is not None and np.isfinite(log.depth.values).any():
+        dmax = float(np.nanmax(log.depth.values))
+    return WellStats(
+        unit_id=unit_id,
+        file=Path(log.path).name,
+        format=log.format,
+        well=log.well,
+        rows=log.rows,
+        windows=num_windows(log.rows, c.window, c.stride),
+        index_name=log.index_name,
+        index_unit=log.index_unit,
+        top=float(log.index[0]) if log.rows else math.nan,
+        bottom=float(log.index[-1]) if log.rows else math.nan,
+        image_members=log.image.members,
+        image_unit=log.image.unit,
+        image_lo=lo,
+        image_hi=hi,
+        depth_members=log.depth.members if log.depth is not None else None,
+        depth_unit=log.depth.unit if log.depth is not None else None,
+        depth_max=dmax,
+    )
+
+
+def _convert_scalar(v: float | None, src: str | None, dst: str | None) -> float | None:
+    if v is None or src is None or dst is None:
+        return v
+    out = convert_units(np.array([v]), src, dst)
+    return None if out is None else float(out[0])
+
+
+def _to_dataset_unit(log: WellLog, unit: str | None) -> np.ndarray:
+    assert log.depth is not None
+    if unit is None:
+        return log.depth.values
+    out = convert_units(log.depth.values, log.depth.unit, unit)
+    if out is None:
+        raise SourceError(
+            log.path, f"depth channel unit {log.depth.unit!r} does not convert to the dataset's {unit!r}"
+        )
+    return out
+
+
+def num_windows(rows: int, window: int, stride: int) -> int:
+    """Full windows of ``window`` rows every ``stride`` rows in a log of ``rows`` rows."""
+    return 0 if rows < window else (rows - window) // stride + 1
+
+
+# --- azimuth resampling ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AzimuthPlan:
+    """``out[:, j] = sum_t w[j, t] * in[:, idx[j, t]]``: periodic, at pixel centres."""
+
+    index: np.ndarray  # (columns, taps) int64, sector indices modulo sectors
+    weight: np.ndarray  # (columns, taps) float64, rows sum to 1
+
+
+def azimuth_plan(sectors: int, columns: int) -> AzimuthPlan:
+    """Linear interpolation when enlarging, area averaging when shrinking; both wrap at 360 deg.
+
+    Positions use exact integer arithmetic, so rolling the input by one sector rolls the output by
+    ``columns / sectors`` columns bit for bit when that ratio is an integer.
+    """
+    j = np.arange(columns, dtype=np.int64)
+    if columns >= sectors:
+        # Column centre j + 0.5 in sector units is ((2j + 1) * sectors) / (2 * columns); sector centres
+        # sit at i + 0.5, so the position between sector centres is that minus 0.5.
+        num = (2 * j + 1) * sectors - columns
+        den = 2 * columns
+        left = num // den
+        frac = (num - left * den) / den
+        index = np.stack([left % sectors, (left + 1) % sectors], axis=1)
+        weight = np.stack([1.0 - frac, frac], axis=1)
+        return AzimuthPlan(index, weight)
+    taps = -(-sectors // columns) + 1
+    index = np.zeros((columns, taps), dtype=np.int64)
+    weight = np.zeros((columns, taps), dtype=np.float64)
+    for col in range(columns):
+        a, b = col * sectors / columns, (col + 1) * sectors / columns
+        first = math.floor(a)
+        for t in range(taps):
+            s = first + t
+            overlap = min(b, s + 1) - max(a, s)
+            if overlap > 0:
+                index[col, t] = s % sectors
+                weight[col, t] = overlap
+    weight /= weight.sum(axis=1, keepdims=True)
+    return AzimuthPlan(index, weight)
+
+
+def resample_periodic(values: np.ndarray, plan: AzimuthPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, sectors) with NaN = invalid -> ((rows, columns) values, (rows, columns) valid).
+
+    An output pixel is valid when valid inputs carry at least half its weight (for interpolation:
+    when its nearest sector is valid); its value is the weighted mean of the valid inputs.
+    """
+    finite = np.isfinite(values)
+    clean = np.where(finite, values, 0.0)
+    acc = np.zeros((values.shape[0], plan.index.shape[0]))
+    wsum = np.zeros_like(acc)
+    for t in range(plan.index.shape[1]):
+        idx, w = plan.index[:, t], plan.weight[:, t]
+        m = finite[:, idx] * w
+        acc += clean[:, idx] * m
+        wsum += m
+    valid = wsum >= 0.5
+    out = np.where(valid, acc / np.where(valid, wsum, 1.0), 0.0)
+    return out, valid
+
+
+# --- pixel encodings ---------------------------------------------------------------------------
+
+
+def to_rgb(values: np.ndarray, valid: np.ndarray, lo: float | None, hi: float | None,
+           lut: np.ndarray | None) -> np.ndarray:
+    """Physical values -> HxWx3 uint8: [lo, hi] -> 1..255 (clipped), invalid -> 0."""
+    lo = 0.0 if lo is None else lo
+    span = (hi - lo) if hi is not None and hi > lo else 1.0
+    scaled = np.clip((values - lo) / span, 0.0, 1.0)
+    codes = np.where(valid, 1 + np.rint(scaled * 254), 0).astype(np.uint8)
+    if lut is None:
+        return np.repeat(codes[:, :, None], 3, axis=2)
+    return lut[codes]
+
+
+def depth_codes(values: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:
+    """Physical values -> uint16 codes ``round(v / scale)`` in 1..65535; invalid (and <= 0) -> 0."""
+    codes = np.clip(np.rint(values / scale), 1, DEPTH_LEVELS)
+    return np.where(valid & (values > 0), codes, 0).astype(np.uint16)
+
+
+def _colormap_lut(name: str | None) -> np.ndarray | None:
+    """256x3 uint8: entry 0 black (invalid), 1..255 the colormap from low to high."""
+    if name is None or name.lower() in ("gray", "grey", "none"):
+        return None
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise UsageError(
+            f"--colormap: unknown colormap {name!r} (e.g. gray, viridis, magma, copper, YlOrBr)"
+        ) from None
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[1:] = np.rint(cmap(np.linspace(0.0, 1.0, 255))[:, :3] * 255).astype(np.uint8)
+    return lut
+
+
+# --- breakout picks ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BreakoutPick:
+    """One breakout lobe: depth interval (the well's index unit) and azimuth centre/width (deg)."""
+
+    top: float
+    bottom: float
+    azimuth: float
+    width: float
+    well: str | None = None
+
+
+_PICK_COLUMNS = {
+    "top": ("top", "depth_top", "top_depth"),
+    "bottom": ("bottom", "depth_bottom", "bottom_depth", "base"),
+    "azimuth": ("azimuth", "azimuth_centre", "azimuth_center", "centre", "center"),
+    "width": ("width", "azimuth_width"),
+    "well": ("well",),
+}
+
+
+def read_breakouts(path: str) -> list[BreakoutPick]:
+    """Picks from a CSV with a header naming top, bottom, azimuth, width (and optionally well), or
+    without header in that order. Raises :class:`SourceError` for a malformed row."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)
+                    and not r[0].lstrip().startswith("#")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(path, f"cannot read breakout picks ({exc})") from None
+    if not rows:
+        return []
+    cols = {"top": 0, "bottom": 1, "azimuth": 2, "width": 3, "well": 4}
+    start = 0
+    if not _is_number(rows[0][0]):
+        header = [h.strip().lower().replace(" ", "_") for h in rows[0]]
+        cols = {}
+        for key, names in _PICK_COLUMNS.items():
+            hit = [i for i, h in enumerate(header) if h in names]
+            if hit:
+                cols[key] = hit[0]
+            elif key != "well":
+                raise SourceError(path, f"header lacks a {key!r} column (have {', '.join(header)})")
+        start = 1
+    picks = []
+    for n, row in enumerate(rows[start:], start=start + 1):
+        try:
+            top, bottom, az, width = (float(row[cols[k]]) for k in ("top", "bottom", "azimuth", "width"))
+        except (ValueError, IndexError):
+            raise SourceError(path, f"row {n}: need numbers for top, bottom, azimuth, width") from None
+        if not all(map(math.isfinite, (top, bottom, az, width))) or bottom < top or width <= 0:
+            raise SourceError(path, f"row {n}: need top <= bottom and width > 0")
+        well = row[cols["well"]].strip() if "well" in cols and cols["well"] < len(row) else None
+        picks.append(BreakoutPick(top, bottom, az, width, well or None))
+    return picks
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _picks_for(picks: list[BreakoutPick], log: WellLog, unit_id: str) -> list[BreakoutPick]:
+    names = {log.well.lower(), unit_id.lower(), Path(log.path).stem.lower()}
+    return [p for p in picks if p.well is None or p.well.lower() in names]
+
+
+def rasterise_breakouts(picks: list[BreakoutPick], depths: np.ndarray, columns: int) -> np.ndarray:
+    """(rows, columns) uint8 mask: 1 where a row's depth is within [top, bottom] and the column
+    centre's azimuth within width/2 of the pick's centre, measured around the circle."""
+    label = np.zeros((depths.shape[0], columns), dtype=np.uint8)
+    centres = (np.arange(columns) + 0.5) * 360.0 / columns
+    for p in picks:
+        eps = 1e-9 * max(1.0, abs(p.top), abs(p.bottom))
+        rows = (depths >= p.top - eps) & (depths <= p.bottom + eps)
+        if not rows.any():
+            continue
+        dist = np.abs((centres - p.azimuth + 180.0) % 360.0 - 180.0)
+        cols = dist <= p.width / 2.0 + 1e-9
+        label[np.ix_(rows, cols)] = 1
+    return label

@@ -1,0 +1,514 @@
+"""Well-log readers: DLIS (dlisio), LAS 2.0 (lasio), HDF5 (h5py) and NPZ, one result type for all.
+
+:func:`read_well_log` returns a :class:`WellLog`: the depth index sorted to increasing values with its
+unit, and the requested image and exogenous channels as ``(rows, sectors)`` float64 arrays in which
+every null (-999.25, -9999, NaN/inf and, by default, negative pad gaps) is NaN.
+
+A channel is named either exactly (a 2-D DLIS/HDF5/NPZ curve, ``n_depth x n_azimuth``) or by a pattern
+in which ``{}`` stands for a sector number (``ABDC{}M`` -> ABDC1M, ABDC2M, ... ordered by that number):
+the way LAS files store one column per azimuth sector. A scalar curve is one sector.
+
+HDF5 and NPZ layout: a 1-D ``depth`` array plus one array per channel with ``depth``'s length as first
+axis. Units: HDF5 ``units`` (or ``unit``) attributes; NPZ a ``units`` entry holding a JSON object string
+(``{"depth": "m", "AMP": "dB"}``). Well name: HDF5 root attribute ``well``, NPZ entry ``well``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datakit.errors import SourceError
+
+# Values that mean "no measurement" in well logs whatever the file's own NULL says.
+NULL_VALUES = (-999.25, -9999.0)
+INDEX_NAME = "depth"  # the index array of HDF5 and NPZ logs
+
+# Canonical unit -> (dimension, factor to the dimension's base unit). Index units must be length or
+# time; the exogenous channel may use any of these and converts within its dimension.
+UNIT_FACTORS: dict[str, tuple[str, float]] = {
+    "m": ("length", 1.0),
+    "cm": ("length", 0.01),
+    "mm": ("length", 0.001),
+    "ft": ("length", 0.3048),
+    "in": ("length", 0.0254),
+    "s": ("time", 1.0),
+    "ms": ("time", 1e-3),
+    "us": ("time", 1e-6),
+}
+_ALIASES: dict[str, str] = {
+    **{a: "m" for a in ("m", "meter", "meters", "metre", "metres")},
+    **{a: "ft" for a in ("ft", "f", "feet", "foot")},
+    **{a: "in" for a in ("in", "inch", "inches")},
+    "cm": "cm",
+    "mm": "mm",
+    **{a: "s" for a in ("s", "sec", "second", "seconds")},
+    **{a: "ms" for a in ("ms", "msec", "millisecond", "milliseconds")},
+    **{a: "us" for a in ("us", "usec", "µs", "μs", "microsecond", "microseconds")},
+    **{a: "API" for a in ("api", "gapi")},
+    **{a: "g/cm3" for a in ("g/cc", "g/cm3", "gm/cc", "g/cm^3")},
+    "kg/m3": "kg/m3",
+    **{a: "ohm.m" for a in ("ohm.m", "ohmm", "ohm-m", "ohm m")},
+    **{a: "mS/m" for a in ("ms/m", "mmho/m")},
+    "db": "dB",
+    "mv": "mV",
+    "v": "V",
+    **{a: "degC" for a in ("degc", "c", "°c")},
+    "degf": "degF",
+    **{a: "deg" for a in ("deg", "dega", "degree", "degrees")},
+    "rad": "rad",
+    **{a: "pu" for a in ("pu", "p.u.")},
+    "%": "%",
+    **{a: "v/v" for a in ("v/v", "frac", "fraction", "dec")},
+    "b/e": "b/e",
+    **{a: "us/ft" for a in ("us/ft", "us/f")},
+    "us/m": "us/m",
+    "cps": "cps",
+    "ppm": "ppm",
+    **{a: "1" for a in ("unitless", "none", "1")},
+}
+_SCALED_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s+(\S.*)$")
+
+
+def parse_unit(raw: str | None) -> tuple[str, float] | None:
+    """``"0.1 in"`` -> ``("in", 0.1)``, ``"M"`` -> ``("m", 1.0)``; None when not known."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    factor = 1.0
+    m = _SCALED_UNIT.match(text)
+    if m:
+        factor, text = float(m.group(1)), m.group(2).strip()
+    unit = _ALIASES.get(text.lower())
+    return None if unit is None else (unit, factor)
+
+
+def convert_units(values: np.ndarray, src: str, dst: str) -> np.ndarray | None:
+    """``values`` from unit ``src`` to ``dst`` (same dimension); None when they do not convert."""
+    if src == dst:
+        return values
+    a, b = UNIT_FACTORS.get(src), UNIT_FACTORS.get(dst)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return values * (a[1] / b[1])
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One channel as read: ``values`` (rows, sectors) float64 with NaN = invalid."""
+
+    request: str  # the name or pattern asked for
+    members: tuple[str, ...]  # the file's channel names behind it (one per sector for patterns)
+    unit: str  # canonical when known, else as in the file
+    values: np.ndarray
+
+    @property
+    def sectors(self) -> int:
+        return int(self.values.shape[1])
+
+
+@dataclass(frozen=True)
+class WellLog:
+    """A log with its index increasing; ``image`` and ``depth`` share the index's rows."""
+
+    path: str
+    format: str
+    well: str
+    frame: str  # DLIS frame name, "" for single-table formats
+    index_name: str
+    index_unit: str
+    index: np.ndarray  # (rows,) float64, strictly increasing
+    image: Curve
+    depth: Curve | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass
+class _Table:
+    """One index and the channels on it (a LAS file, a DLIS frame, an HDF5/NPZ file)."""
+
+    label: str
+    well: str
+    index_name: str
+    index_unit: str | None
+    channels: dict[str, tuple[str | None, int | None]]  # name -> (unit, values per row; None: N-D)
+    load_index: Callable[[], np.ndarray]
+    load: Callable[[str], np.ndarray]
+
+    def describe(self) -> str:
+        names = ", ".join(
+            f"{n}[{k}]" if k and k > 1 else n for n, (_, k) in self.channels.items()
+        )
+        return f"{self.label}: {names or '(none)'}" if self.label else names or "(none)"
+
+
+# --- per-format readers: a context manager yielding the file's tables -------------------------
+
+
+@contextmanager
+def _las_tables(path: Path) -> Iterator[list[_Table]]:
+    import lasio
+
+    try:
+        las = lasio.read(str(path), ignore_header_errors=False)
+    except Exception as exc:  # lasio raises many types for malformed files
+        raise SourceError(path, f"not a readable LAS file ({type(exc).__name__}: {exc})") from None
+    if not las.curves:
+        raise SourceError(path, "LAS file has no curves")
+    index_curve = las.curves[0]
+    try:
+        well = str(las.well["WELL"].value).strip()
+    except KeyError:
+        well = ""
+    channels = {c.mnemonic: (c.unit, 1) for c in las.curves[1:]}
+    yield [
+        _Table(
+            label="",
+            well=well,
+            index_name=index_curve.mnemonic,
+            index_unit=index_curve.unit,
+            channels=channels,
+            load_index=lambda: np.asarray(index_curve.data, dtype=np.float64),
+            load=lambda name: np.asarray(las.curves[name].data, dtype=np.float64),
+        )
+    ]
+
+
+@contextmanager
+def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
+    from dlisio import dlis
+
+    try:
+        files = dlis.load(str(path))
+    except Exception as exc:  # dlisio raises RuntimeError/OSError/ValueError for bad files
+        raise SourceError(path, f"not a readable DLIS file ({type(exc).__name__}: {exc})") from None
+    with files:
+        tables: list[_Table] = []
+        for lf in files:
+            wells = [str(o.well_name).strip() for o in lf.origins if o.well_name]
+            for frame in lf.frames:
+                chans = list(frame.channels)
+                if not chans:
+                    continue
+                index_name = frame.index or chans[0].name
+                index_unit = chans[0].units if frame.index and chans[0].name == frame.index else None
+                catalogue: dict[str, tuple[str | None, int | None]] = {}
+                for c in chans:
+                    if c.name == index_name:
+                        continue
+                    dims = list(c.dimension or [1])
+                    catalogue[c.name] = (c.units, dims[0] if len(dims) == 1 else None)
+                tables.append(
+                    _Table(
+                        label=f"frame {frame.name}",
+                        well=wells[0] if wells else "",
+                        index_name=str(index_name),
+                        index_unit=index_unit,
+                        channels=catalogue,
+                        load_index=_dlis_loader(frame, index_name),
+                        load=_dlis_loader(frame, None),
+                    )
+                )
+        yield tables
+
+
+def _dlis_loader(frame: object, fixed: str | None) -> Callable[..., np.ndarray]:
+    cache: dict[str, np.ndarray] = {}
+
+    def load(name: str | None = None) -> np.ndarray:
+        if "curves" not in cache:
+            cache["curves"] = frame.curves()  # type: ignore[attr-defined]
+        key = fixed if fixed is not None else name
+        return np.asarray(cache["curves"][key], dtype=np.float64)
+
+    return load
+
+
+@contextmanager
+def _hdf5_tables(path: Path) -> Iterator[list[_Table]]:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise SourceError(path, f"not a readable HDF5 file ({exc})") from None
+    with f:
+        if INDEX_NAME not in f or not isinstance(f[INDEX_NAME], h5py.Dataset):
+            raise SourceError(path, f"no '{INDEX_NAME}' dataset (the index of an HDF5 log)")
+        rows = f[INDEX_NAME].shape[0] if f[INDEX_NAME].ndim == 1 else -1
+        found: dict[str, tuple[str | None, int | None]] = {}
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset) and name != INDEX_NAME and obj.ndim in (1, 2):
+                if obj.shape[0] == rows:
+                    found[name] = (_attr_unit(obj.attrs), 1 if obj.ndim == 1 else obj.shape[1])
+
+        f.visititems(visit)
+        well = f.attrs.get("well", "")
+        yield [
+            _Table(
+                label="",
+                well=well.decode() if isinstance(well, bytes) else str(well),
+                index_name=INDEX_NAME,
+                index_unit=_attr_unit(f[INDEX_NAME].attrs),
+                channels=found,
+                load_index=lambda: np.asarray(f[INDEX_NAME][()], dtype=np.float64),
+                load=lambda name: np.asarray(f[name][()], dtype=np.float64),
+            )
+        ]
+
+
+def _attr_unit(attrs: object) -> str | None:
+    for key in ("units", "unit"):
+        if key in attrs:  # type: ignore[operator]
+            v = attrs[key]  # type: ignore[index]
+            return v.decode() if isinstance(v, bytes) else str(v)
+    return None
+
+
+@contextmanager
+def _npz_tables(path: Path) -> Iterator[list[_Table]]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SourceError(path, f"not a readable NPZ file ({exc})") from None
+    with npz:
+        if INDEX_NAME not in npz.files:
+            raise SourceError(path, f"no '{INDEX_NAME}' array (the index of an NPZ log)")
+        units: dict[str, str] = {}
+        if "units" in npz.files:
+            try:
+                units = dict(json.loads(str(npz["units"][()])))
+            except (ValueError, TypeError) as exc:
+                raise SourceError(path, f"'units' is not a JSON object string ({exc})") from None
+        well = str(npz["well"][()]) if "well" in npz.files else ""
+        index = np.asarray(npz[INDEX_NAME], dtype=np.float64)
+        channels: dict[str, tuple[str | None, int | None]] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name in npz.files:
+            if name in (INDEX_NAME, "units", "well"):
+                continue
+            arr = npz[name]
+            if arr.ndim in (1, 2) and arr.shape[0] == index.shape[0] and arr.dtype.kind in "fiu":
+                arrays[name] = arr
+                channels[name] = (units.get(name), 1 if arr.ndim == 1 else arr.shape[1])
+        yield [
+            _Table(
+                label="",
+                well=well,
+                index_name=INDEX_NAME,
+                index_unit=units.get(INDEX_NAME),
+                channels=channels,
+                load_index=lambda: index,
+                load=lambda name: np.asarray(arrays[name], dtype=np.float64),
+            )
+        ]
+
+
+READERS: dict[str, Callable[[Path], AbstractContextManager[list[_Table]]]] = {
+    ".las": _las_tables,
+    ".dlis": _dlis_tables,
+    ".h5": _hdf5_tables,
+    ".hdf5": _hdf5_tables,
+    ".npz": _npz_tables,
+}
+FORMAT_NAMES = {".las": "las", ".dlis": "dlis", ".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
+
+
+def is_well_log(path: Path) -> bool:
+    return path.suffix.lower() in READERS
+
+
+# --- the common part ----------------------------------------------------------------------------
+
+
+def read_well_log(
+    path: str | Path, image: str | None, depth: str | None = None, *, negative_invalid: bool = True
+) -> WellLog:
+    """Read the ``image`` (and optional exogenous ``depth``) channel of one log file.
+
+    ``image`` None picks the file's only multi-sector channel. Raises :class:`SourceError` naming
+    the file when a channel is absent (the message lists the channels present), the index is not
+    monotonic or has nulls, or the index or exogenous channel has a unit that is not known.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise SourceError(path, f"unknown log format {suffix!r}; known: {', '.join(READERS)}")
+    with READERS[suffix](path) as tables:
+        table = _pick_table(path, tables, image, depth)
+        image_name = image if image is not None else _only_image_channel(path, table)
+        image_curve = _load_curve(path, table, image_name, negative_invalid, min_sectors=2)
+        depth_curve = None
+        if depth is not None:
+            depth_curve = _load_curve(path, table, depth, negative_invalid, min_sectors=1)
+            if parse_unit(depth_curve.unit) is None:
+                raise SourceError(
+                    path, f"unknown unit {depth_curve.unit!r} of channel {depth!r}; known: "
+                    f"{', '.join(sorted(set(_ALIASES.values())))}"
+                )
+        index = table.load_index().reshape(-1)
+        index_unit = parse_unit(table.index_unit)
+        if index_unit is None or UNIT_FACTORS.get(index_unit[0], ("",))[0] not in ("length", "time"):
+            raise SourceError(
+                path, f"unknown unit {table.index_unit!r} of index {table.index_name!r} "
+                "(need a length such as m, ft, 0.1 in, or a time such as ms)"
+            )
+    index = index * index_unit[1]
+    if not np.all(np.isfinite(index)) or np.any(np.isin(index, NULL_VALUES)):
+        bad = int(np.flatnonzero(~np.isfinite(index) | np.isin(index, NULL_VALUES))[0])
+        raise SourceError(path, f"index {table.index_name!r} has a null at row {bad}")
+    order = _monotonic_order(path, table.index_name, index)
+    image_curve = _reordered(image_curve, order)
+    if depth_curve is not None:
+        unit, factor = parse_unit(depth_curve.unit)  # type: ignore[misc]
+        depth_curve = _reordered(
+            Curve(depth_curve.request, depth_curve.members, unit, depth_curve.values * factor), order
+        )
+    return WellLog(
+        path=str(path),
+        format=FORMAT_NAMES[suffix],
+        well=table.well or path.stem,
+        frame=table.label,
+        index_name=table.index_name,
+        index_unit=index_unit[0],
+        index=index[order] if order is not None else index,
+        image=image_curve,
+        depth=depth_curve,
+    )
+
+
+def _pick_table(path: Path, tables: list[_Table], image: str | None, depth: str | None) -> _Table:
+    """The first table holding every requested channel; else an error listing what is there."""
+    if not tables:
+        raise SourceError(path, "no frames with channels")
+    wanted = [n for n in (image, depth) if n is not None]
+    for t in tables:
+        if all(_resolve(t, n) for n in wanted) and (image is not None or _image_channels(t)):
+            return t
+    present = "; ".join(t.describe() for t in tables)
+    if image is None:
+        raise SourceError(path, f"no multi-sector image channel; channels present: {present}")
+    missing = [n for n in wanted if not any(_resolve(t, n) for t in tables)]
+    if missing:
+        what = " and ".join(repr(n) for n in missing)
+        raise SourceError(path, f"no channel {what}; channels present: {present}")
+    raise SourceError(path, f"channels {image!r} and {depth!r} are not on one index; channels present: {present}")
+
+
+def _image_channels(table: _Table) -> list[str]:
+    return [n for n, (_, k) in table.channels.items() if k is not None and k > 1]
+
+
+def _only_image_channel(path: Path, table: _Table) -> str:
+    candidates = _image_channels(table)
+    if len(candidates) != 1:
+        raise SourceError(
+            path, f"{len(candidates)} multi-sector channels ({', '.join(candidates) or 'none'}): "
+            "choose one with --image (a pattern like 'ABDC{}M' stacks one column per sector)"
+        )
+    return candidates[0]
+
+
+def _resolve(table: _Table, request: str) -> list[str]:
+    """Channel names behind ``request``: one exact (or case-insensitive) name, or a ``{}`` pattern."""
+    if "{}" in request:
+        return [name for _, name in _sectors(table, request)]
+    if request in table.channels:
+        return [request]
+    folded = [n for n in table.channels if n.lower() == request.lower()]
+    return folded if len(folded) == 1 else []
+
+
+def _sectors(table: _Table, pattern: str) -> list[tuple[int, str]]:
+    """(sector number, channel name) of every channel matching ``pattern``, by number."""
+    head, _, tail = pattern.partition("{}")
+    rx = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail), re.IGNORECASE)
+    return sorted((int(m.group(1)), name) for name in table.channels if (m := rx.fullmatch(name)))
+
+
+def _load_curve(
+    path: Path, table: _Table, request: str, negative_invalid: bool, *, min_sectors: int
+) -> Curve:
+    names = _resolve(table, request)
+    if "{}" in request:
+        numbers = [k for k, _ in _sectors(table, request)]
+        if len(set(numbers)) != len(numbers):
+            raise SourceError(path, f"pattern {request!r} matches one sector twice: {', '.join(names)}")
+        wide = [n for n in names if table.channels[n][1] != 1]
+        if wide:
+            raise SourceError(path, f"pattern {request!r} matches non-scalar channels {', '.join(wide)}")
+        units = {table.channels[n][0] or "" for n in names}
+        if len(units) > 1:
+            raise SourceError(path, f"sectors of {request!r} disagree on units: {sorted(units)}")
+        values = np.column_stack([table.load(n).reshape(-1) for n in names])
+    else:
+        (name,) = names
+        k = table.channels[name][1]
+        if k is None:
+            raise SourceError(
+                path, f"channel {name!r} has more than one axis per row; need one azimuth vector per depth"
+            )
+        values = table.load(name).reshape(-1, k)
+    if values.shape[1] < min_sectors:
+        raise SourceError(
+            path, f"channel {request!r} has {values.shape[1]} value per depth, an image needs "
+            f"{min_sectors} or more azimuth sectors (a pattern like 'ABDC{{}}M' stacks sector columns)"
+        )
+    unit = table.channels[names[0]][0] or ""
+    parsed = parse_unit(unit)
+    return Curve(request, tuple(names), parsed[0] if parsed and parsed[1] == 1.0 else unit,
+                 mask_nulls(values, negative_invalid=negative_invalid))
+
+
+def mask_nulls(values: np.ndarray, *, negative_invalid: bool = True) -> np.ndarray:
+    """A float64 copy with every null (-999.25, -9999, NaN/inf, optionally < 0) set to NaN."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    bad = ~np.isfinite(out) | np.isin(out, NULL_VALUES)
+    if negative_invalid:
+        bad |= out < 0
+    out[bad] = np.nan
+    return out
+
+
+def _monotonic_order(path: Path, name: str, index: np.ndarray) -> np.ndarray | None:
+    """None when already increasing, a reversing slice when decreasing; else SourceError."""
+    if index.size < 2:
+        return None
+    step = np.diff(index)
+    if np.all(step > 0):
+        return None
+    if np.all(step < 0):
+        return np.arange(index.size - 1, -1, -1)
+    bad = int(np.flatnonzero(step <= 0)[0] if step[0] > 0 else np.flatnonzero(step >= 0)[0])
+    raise SourceError(
+        path, f"index {name!r} is not monotonic (row {bad}: {index[bad]:g} -> {index[bad + 1]:g})"
+    )
+
+
+def _reordered(curve: Curve, order: np.ndarray | None) -> Curve:
+    if order is None:
+        return curve
+    return Curve(curve.request, curve.members, curve.unit, curve.values[order])
+
+
+def nice_scale(max_value: float | None, levels: int = 65535) -> float:
+    """The smallest 1, 2 or 5 x 10^k with ``max_value / scale <= levels`` (1.0 without data)."""
+    if max_value is None or not math.isfinite(max_value) or max_value <= 0:
+        return 1.0
+    k = math.floor(math.log10(max_value / levels))
+    for m in (1, 2, 5, 10):
+        scale = float(f"{m}e{k}")
+        if max_value / scale <= levels:
+            return scale
+    return float(f"1e{k + 1}")  # pragma: no cover - unreachable
