@@ -360,7 +360,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         shard, shard_depth = None, DepthStats()
 
     bar = _progress_bar(cfg, len(units) - start_unit, converter)
-    n_samples = sum(s["num_samples"] for s in progress.shards)
+    n_samples = n_resumed = sum(s["num_samples"] for s in progress.shards)
     try:
         results = iter_unit_results(converter, units[start_unit:], cfg)
         for u, items in enumerate(results, start=start_unit):
@@ -389,8 +389,12 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
                 shard.add(item)
                 shard_depth = shard_depth.merge(item.depth)
                 n_samples += 1
+            elapsed = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
-                samples=n_samples, skipped=_count_errors(progress) + len(pending_errors), refresh=False
+                samples=n_samples,
+                rate=f"{(n_samples - n_resumed) / elapsed:.1f} samples/s",
+                skipped=_count_errors(progress) + len(pending_errors),
+                refresh=False,
             )
             bar.update(1)
         close_shard((len(units), 0))
