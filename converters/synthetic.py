@@ -14,6 +14,7 @@ import colorsys
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+
 import click
 import cv2
 import numpy as np

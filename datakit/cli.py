@@ -152,7 +152,7 @@ def convert() -> None:
 @click.argument("out")
 def merge(out: str) -> None:
     """Join the manifests of --part runs under OUT into one _info.json."""
-    from datakit.writer import merge as merge_parts
+    from datakit.merge import merge as merge_parts
 
     info = merge_parts(out)
     click.echo(f"merged {len(info['shards'])} shards, "
@@ -240,7 +240,8 @@ def verify(dataset: str, quiet: bool) -> None:
 def demo(out: str, num: int, val: int, workers: int) -> None:
     """The embedded default: synthetic data -> info -> verify (and, as they land, preview/train/eval)."""
     from converters.synthetic import SyntheticConfig, SyntheticConverter
-    from datakit.writer import ConvertConfig, convert as run_convert
+    from datakit.writer import ConvertConfig
+    from datakit.writer import convert as run_convert
 
     data = os.path.join(out, "data")
     click.echo(f"[1] convert synthetic -> {data}")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from datakit.errors import DatasetIncomplete, DatakitError
+from datakit.errors import DatakitError, DatasetIncomplete
 from datakit.schema import SCHEMA_VERSION
 from datakit.storage import Location, StorageError
 
@@ -41,6 +41,10 @@ class ShardEntry:
     num_samples: int
     bytes: int
     sha256: str
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ShardEntry:
+        return cls(d["name"], d["split"], int(d["num_samples"]), int(d["bytes"]), d["sha256"])
 
     def to_json(self) -> dict[str, Any]:
         return {

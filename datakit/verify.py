@@ -112,9 +112,13 @@ def check_sample(key: str, members: dict[str, bytes], info: DatasetInfo, entry: 
     if s.meta.get("split") != entry.split:
         return f"{key}: metadata split {s.meta.get('split')!r} in a {entry.split!r} shard"
     depth = info.depth
-    if s.depth_raw is not None and depth is not None and depth.get("scale") is not None:
-        if not np.isclose(float(s.meta["depth_scale"]), float(depth["scale"])):
-            return f"{key}: depth_scale {s.meta['depth_scale']} differs from the manifest's {depth['scale']}"
+    if (
+        s.depth_raw is not None
+        and depth is not None
+        and depth.get("scale") is not None
+        and not np.isclose(float(s.meta["depth_scale"]), float(depth["scale"]))
+    ):
+        return f"{key}: depth_scale {s.meta['depth_scale']} differs from the manifest's {depth['scale']}"
     labels = info.labels
     if s.label is not None and labels is not None:
         n, ignore = len(labels["classes"]), int(labels["ignore_index"])

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from typing import IO, Any
 
 from datakit import __version__, schema
@@ -31,8 +31,6 @@ from datakit.errors import DatakitError, SampleError, UsageError
 from datakit.manifest import (
     ERRORS_NAME,
     INFO_NAME,
-    PARTS_DIR,
-    SHARD_NAME,
     DepthStats,
     ShardEntry,
     build_info,
@@ -40,6 +38,7 @@ from datakit.manifest import (
     part_manifest_name,
     shard_name,
 )
+from datakit.resume import Progress, prepare_output, progress_name
 from datakit.storage import Location
 
 ON_ERROR = ("fail", "skip")
@@ -242,7 +241,9 @@ class ShardFile:
         self._f = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
         self._h = _HashingFile(self._f)
         try:
-            self._tar = tarfile.open(fileobj=self._h, mode="w", format=tarfile.GNU_FORMAT)  # type: ignore[call-overload]
+            self._tar = tarfile.open(  # noqa: SIM115 - closed in finish()
+                fileobj=self._h, mode="w", format=tarfile.GNU_FORMAT  # type: ignore[call-overload]
+            )
         except BaseException:
             self.abort()
             raise
@@ -279,29 +280,6 @@ class ShardFile:
                 os.unlink(self.tmp_path)
 
 
-# --- progress (resume) -----------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """State after the last completed shard; written as ``_progress.json`` (or per part)."""
-
-    args: dict[str, Any]
-    shards: list[dict[str, Any]] = field(default_factory=list)  # ShardEntry + end + depth + errors
-    next_index: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def end(self) -> tuple[int, int]:
-        return tuple(self.shards[-1]["end"]) if self.shards else (0, 0)  # type: ignore[return-value]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def progress_name(part: int | None) -> str:
-    return "_progress.json" if part is None else f"_progress.p{part:03d}.json"
-
-
 # --- the conversion driver ---------------------------------------------------------------------
 
 
@@ -320,7 +298,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
     final_name = INFO_NAME if cfg.part is None else part_manifest_name(cfg.part)
     prog_name = progress_name(cfg.part)
 
-    progress = _prepare_output(loc, cfg, args, final_name, prog_name)
+    progress = prepare_output(loc, cfg, args, final_name, prog_name)
     if progress is None:  # resume of a finished dataset
         return _result_from_manifest(loc, final_name, t0)
 
@@ -406,7 +384,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         bar.close()
 
     errors = [e for s in progress.shards for e in s["errors"]] + pending_errors
-    entries = [_entry(s) for s in progress.shards]
+    entries = [ShardEntry.from_json(s) for s in progress.shards]
     errors_log = None
     if errors:
         errors_log = ERRORS_NAME if cfg.part is None else f"errors.p{cfg.part:03d}.jsonl"
@@ -430,10 +408,6 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
     return ConvertResult(
         loc.display, n_samples, entries, len(errors), time.perf_counter() - t0, loc.path(final_name)
     )
-
-
-def _entry(s: dict[str, Any]) -> ShardEntry:
-    return ShardEntry(s["name"], s["split"], s["num_samples"], s["bytes"], s["sha256"])
 
 
 def _count_errors(progress: Progress) -> int:
@@ -462,95 +436,9 @@ def _progress_bar(cfg: ConvertConfig, total: int, converter: Any) -> Any:
     )
 
 
-def _ours(name: str) -> bool:
-    """Files the writer may delete: shards, temporaries and manifests of a conversion."""
-    return bool(
-        SHARD_NAME.match(name)
-        or (name.startswith(".") and name.endswith(".tmp"))
-        or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR)
-        or (name.startswith("_progress") and name.endswith(".json"))
-        or (name.startswith("errors.p") and name.endswith(".jsonl"))
-    )
-
-
-def _prepare_output(
-    loc: Location, cfg: ConvertConfig, args: dict[str, Any], final_name: str, prog_name: str
-) -> Progress | None:
-    """Check what ``out`` holds against the mode; return the progress to continue from, or None
-    when resuming a dataset that is already complete."""
-    loc.makedirs()
-    names = loc.listdir()
-    part_prefix = None if cfg.part is None else f"-p{cfg.part:03d}-"
-
-    def mine(name: str) -> bool:
-        if not _ours(name):
-            return False
-        if part_prefix is None:
-            return True
-        return part_prefix in name or name == prog_name or name == f"errors.p{cfg.part:03d}.jsonl"
-
-    complete = loc.exists(final_name)
-    if cfg.mode == "overwrite":
-        for name in names:
-            if mine(name):
-                loc.delete(name)
-        if part_prefix is not None and complete:
-            loc.delete(final_name)
-        return Progress(args=args)
-    if cfg.mode == "new":
-        if complete:
-            raise UsageError(
-                f"{loc.path(final_name)} exists: {loc.display} already holds a complete dataset; "
-                "pass --overwrite to replace it or --resume to keep it"
-            )
-        leftovers = [n for n in names if mine(n) and n != PARTS_DIR]
-        if leftovers:
-            raise UsageError(
-                f"{loc.display} holds an unfinished conversion ({leftovers[0]} ...); "
-                "pass --resume to continue it or --overwrite to start again"
-            )
-        return Progress(args=args)
-    # resume
-    if complete:
-        existing = json.loads(loc.read_bytes(final_name))
-        if existing.get("args") != args:
-            raise UsageError(
-                f"{loc.display} was converted with other arguments; --overwrite to replace it"
-            )
-        return None
-    for name in names:  # temporaries of an interrupted run (shards, progress, manifest)
-        if name.startswith(".") and name.endswith(".tmp") and (
-            cfg.part is None or f"p{cfg.part:03d}" in name
-        ):
-            loc.delete(name)
-    if not loc.exists(prog_name):
-        stray = [n for n in names if mine(n) and SHARD_NAME.match(n)]
-        for n in stray:  # shards of a run that died before its first progress write
-            loc.delete(n)
-        return Progress(args=args)
-    raw = json.loads(loc.read_bytes(prog_name))
-    if raw.get("args") != args:
-        raise UsageError(
-            f"{loc.display}: the unfinished conversion used other arguments; "
-            "rerun with the same ones, or --overwrite"
-        )
-    progress = Progress(args=args, shards=raw["shards"], next_index=raw["next_index"])
-    done = {s["name"]: s for s in progress.shards}
-    for s in progress.shards:
-        if not loc.exists(s["name"]) or loc.size(s["name"]) != s["bytes"]:
-            raise DatakitError(
-                f"{loc.path(s['name'])}: recorded as complete but missing or of the wrong size; "
-                "rerun with --overwrite"
-            )
-    for n in names:  # a shard renamed after the last progress write is rewritten identically
-        if mine(n) and SHARD_NAME.match(n) and n not in done:
-            loc.delete(n)
-    return progress
-
-
 def _result_from_manifest(loc: Location, final_name: str, t0: float) -> ConvertResult:
     info = json.loads(loc.read_bytes(final_name))
-    entries = [_entry(s) for s in info["shards"]]
+    entries = [ShardEntry.from_json(s) for s in info["shards"]]
     return ConvertResult(
         loc.display,
         sum(e.num_samples for e in entries),
@@ -559,73 +447,3 @@ def _result_from_manifest(loc: Location, final_name: str, t0: float) -> ConvertR
         time.perf_counter() - t0,
         loc.path(final_name),
     )
-
-
-def merge(out: str) -> dict[str, Any]:
-    """Join the part manifests of ``--part`` runs under ``out`` into one ``_info.json``.
-
-    Raises :class:`DatakitError` when a part is missing or parts disagree on their arguments.
-    """
-    loc = Location(out)
-    parts_loc = Location(loc.path(PARTS_DIR))
-    names = sorted(n for n in parts_loc.listdir() if n.startswith("part-") and n.endswith(".json"))
-    if not names:
-        raise DatakitError(f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)")
-    parts = [json.loads(parts_loc.read_bytes(n)) for n in names]
-    num_parts = parts[0]["args"]["num_parts"]
-    have = sorted(p["args"]["part"] for p in parts)
-    missing = sorted(set(range(num_parts)) - set(have))
-    if missing:
-        raise DatakitError(
-            f"{loc.display}: parts {', '.join(map(str, missing))} of {num_parts} are not finished"
-        )
-    base_args = {k: v for k, v in parts[0]["args"].items() if k != "part"}
-    for p in parts:
-        if {k: v for k, v in p["args"].items() if k != "part"} != base_args:
-            raise DatakitError(f"{loc.display}: part {p['args']['part']} used other arguments")
-    parts.sort(key=lambda p: p["args"]["part"])
-    entries: list[ShardEntry] = []
-    split_order: list[str] = []
-    for p in parts:
-        for s in p["shards"]:
-            if s["split"] not in split_order:
-                split_order.append(s["split"])
-    for split in split_order:  # group by split, parts in order within each
-        for p in parts:
-            entries += [_entry(s) for s in p["shards"] if s["split"] == split]
-    stats = DepthStats()
-    for p in parts:
-        stats = stats.merge(DepthStats.from_json(p["depth_stats"]))
-    errors: list[bytes] = []
-    for p in parts:
-        log = p["errors"]["log"]
-        if log:
-            errors += [line + b"\n" for line in loc.read_bytes(log).splitlines() if line]
-    if errors:
-        loc.write_bytes(ERRORS_NAME, b"".join(errors))
-    first = parts[0]
-    base_args.pop("num_parts", None)
-    depth = first.get("depth") or {}
-    reserved = {"name", "splits", "schema_version", "source", "created_by", "args", "shards",
-                "depth", "labels", "errors", "depth_stats"}
-    info = build_info(
-        name=first["name"],
-        source=first["source"],
-        created_by=first["created_by"],
-        args=base_args,
-        shards=entries,
-        depth_unit=depth.get("unit") if first.get("depth") else None,
-        depth_scale=depth.get("scale"),
-        depth_stats=stats,
-        labels=first.get("labels"),
-        skipped=sum(int(p["errors"]["skipped"]) for p in parts),
-        errors_log=ERRORS_NAME if errors else None,
-        extra={k: v for k, v in first.items() if k not in reserved},
-    )
-    loc.write_bytes(INFO_NAME, dumps(info))
-    return info
-
-
-def config_from_args(**kwargs: Any) -> ConvertConfig:
-    """ConvertConfig from the CLI's common options (unknown names are a programming error)."""
-    return replace(ConvertConfig(), **kwargs)

@@ -21,8 +21,9 @@ from converters.base import Converter, LabelSet, Skipped, SourceInfo, WorkUnit, 
 from converters.synthetic import SyntheticConfig, SyntheticConverter
 from datakit import open_dataset
 from datakit.errors import DatakitError, SourceError, UsageError
+from datakit.merge import merge
 from datakit.schema import Sample
-from datakit.writer import ConvertConfig, convert, merge
+from datakit.writer import ConvertConfig, convert
 from tests.conftest import convert_synthetic
 
 

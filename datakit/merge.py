@@ -1,0 +1,83 @@
+"""``datakit merge``: join the part manifests of ``--part I --num-parts N`` runs into one ``_info.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from datakit.errors import DatakitError
+from datakit.manifest import (
+    ERRORS_NAME,
+    INFO_NAME,
+    PARTS_DIR,
+    DepthStats,
+    ShardEntry,
+    build_info,
+    dumps,
+)
+from datakit.storage import Location
+
+
+def merge(out: str) -> dict[str, Any]:
+    """Join the part manifests of ``--part`` runs under ``out`` into one ``_info.json``.
+
+    Raises :class:`DatakitError` when a part is missing or parts disagree on their arguments.
+    """
+    loc = Location(out)
+    parts_loc = Location(loc.path(PARTS_DIR))
+    names = sorted(n for n in parts_loc.listdir() if n.startswith("part-") and n.endswith(".json"))
+    if not names:
+        raise DatakitError(f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)")
+    parts = [json.loads(parts_loc.read_bytes(n)) for n in names]
+    num_parts = parts[0]["args"]["num_parts"]
+    have = sorted(p["args"]["part"] for p in parts)
+    missing = sorted(set(range(num_parts)) - set(have))
+    if missing:
+        raise DatakitError(
+            f"{loc.display}: parts {', '.join(map(str, missing))} of {num_parts} are not finished"
+        )
+    base_args = {k: v for k, v in parts[0]["args"].items() if k != "part"}
+    for p in parts:
+        if {k: v for k, v in p["args"].items() if k != "part"} != base_args:
+            raise DatakitError(f"{loc.display}: part {p['args']['part']} used other arguments")
+    parts.sort(key=lambda p: p["args"]["part"])
+    entries: list[ShardEntry] = []
+    split_order: list[str] = []
+    for p in parts:
+        for s in p["shards"]:
+            if s["split"] not in split_order:
+                split_order.append(s["split"])
+    for split in split_order:  # group by split, parts in order within each
+        for p in parts:
+            entries += [ShardEntry.from_json(s) for s in p["shards"] if s["split"] == split]
+    stats = DepthStats()
+    for p in parts:
+        stats = stats.merge(DepthStats.from_json(p["depth_stats"]))
+    errors: list[bytes] = []
+    for p in parts:
+        log = p["errors"]["log"]
+        if log:
+            errors += [line + b"\n" for line in loc.read_bytes(log).splitlines() if line]
+    if errors:
+        loc.write_bytes(ERRORS_NAME, b"".join(errors))
+    first = parts[0]
+    base_args.pop("num_parts", None)
+    depth = first.get("depth") or {}
+    reserved = {"name", "splits", "schema_version", "source", "created_by", "args", "shards",
+                "depth", "labels", "errors", "depth_stats"}
+    info = build_info(
+        name=first["name"],
+        source=first["source"],
+        created_by=first["created_by"],
+        args=base_args,
+        shards=entries,
+        depth_unit=depth.get("unit") if first.get("depth") else None,
+        depth_scale=depth.get("scale"),
+        depth_stats=stats,
+        labels=first.get("labels"),
+        skipped=sum(int(p["errors"]["skipped"]) for p in parts),
+        errors_log=ERRORS_NAME if errors else None,
+        extra={k: v for k, v in first.items() if k not in reserved},
+    )
+    loc.write_bytes(INFO_NAME, dumps(info))
+    return info

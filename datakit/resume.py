@@ -1,0 +1,125 @@
+"""Resume and output-state checks for the writer: what OUT holds, what may be deleted, where to go on.
+
+After each completed shard the writer records it in ``_progress.json`` (``_progress.pNNN.json`` for a
+part) with the position of the converter's stream right after it, so ``--resume`` continues there and
+yields the same dataset as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from datakit.errors import DatakitError, UsageError
+from datakit.manifest import ERRORS_NAME, INFO_NAME, PARTS_DIR, SHARD_NAME
+from datakit.storage import Location
+
+if TYPE_CHECKING:
+    from datakit.writer import ConvertConfig
+
+
+@dataclass
+class Progress:
+    """State after the last completed shard; written as ``_progress.json`` (or per part)."""
+
+    args: dict[str, Any]
+    shards: list[dict[str, Any]] = field(default_factory=list)  # ShardEntry + end + depth + errors
+    next_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end(self) -> tuple[int, int]:
+        return tuple(self.shards[-1]["end"]) if self.shards else (0, 0)  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def progress_name(part: int | None) -> str:
+    return "_progress.json" if part is None else f"_progress.p{part:03d}.json"
+
+
+def _ours(name: str) -> bool:
+    """Files the writer may delete: shards, temporaries and manifests of a conversion."""
+    return bool(
+        SHARD_NAME.match(name)
+        or (name.startswith(".") and name.endswith(".tmp"))
+        or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR)
+        or (name.startswith("_progress") and name.endswith(".json"))
+        or (name.startswith("errors.p") and name.endswith(".jsonl"))
+    )
+
+
+def prepare_output(
+    loc: Location, cfg: ConvertConfig, args: dict[str, Any], final_name: str, prog_name: str
+) -> Progress | None:
+    """Check what ``out`` holds against the mode; return the progress to continue from, or None
+    when resuming a dataset that is already complete."""
+    loc.makedirs()
+    names = loc.listdir()
+    part_prefix = None if cfg.part is None else f"-p{cfg.part:03d}-"
+
+    def mine(name: str) -> bool:
+        if not _ours(name):
+            return False
+        if part_prefix is None:
+            return True
+        return part_prefix in name or name == prog_name or name == f"errors.p{cfg.part:03d}.jsonl"
+
+    complete = loc.exists(final_name)
+    if cfg.mode == "overwrite":
+        for name in names:
+            if mine(name):
+                loc.delete(name)
+        if part_prefix is not None and complete:
+            loc.delete(final_name)
+        return Progress(args=args)
+    if cfg.mode == "new":
+        if complete:
+            raise UsageError(
+                f"{loc.path(final_name)} exists: {loc.display} already holds a complete dataset; "
+                "pass --overwrite to replace it or --resume to keep it"
+            )
+        leftovers = [n for n in names if mine(n) and n != PARTS_DIR]
+        if leftovers:
+            raise UsageError(
+                f"{loc.display} holds an unfinished conversion ({leftovers[0]} ...); "
+                "pass --resume to continue it or --overwrite to start again"
+            )
+        return Progress(args=args)
+    # resume
+    if complete:
+        existing = json.loads(loc.read_bytes(final_name))
+        if existing.get("args") != args:
+            raise UsageError(
+                f"{loc.display} was converted with other arguments; --overwrite to replace it"
+            )
+        return None
+    for name in names:  # temporaries of an interrupted run (shards, progress, manifest)
+        if name.startswith(".") and name.endswith(".tmp") and (
+            cfg.part is None or f"p{cfg.part:03d}" in name
+        ):
+            loc.delete(name)
+    if not loc.exists(prog_name):
+        stray = [n for n in names if mine(n) and SHARD_NAME.match(n)]
+        for n in stray:  # shards of a run that died before its first progress write
+            loc.delete(n)
+        return Progress(args=args)
+    raw = json.loads(loc.read_bytes(prog_name))
+    if raw.get("args") != args:
+        raise UsageError(
+            f"{loc.display}: the unfinished conversion used other arguments; "
+            "rerun with the same ones, or --overwrite"
+        )
+    progress = Progress(args=args, shards=raw["shards"], next_index=raw["next_index"])
+    done = {s["name"]: s for s in progress.shards}
+    for s in progress.shards:
+        if not loc.exists(s["name"]) or loc.size(s["name"]) != s["bytes"]:
+            raise DatakitError(
+                f"{loc.path(s['name'])}: recorded as complete but missing or of the wrong size; "
+                "rerun with --overwrite"
+            )
+    for n in names:  # a shard renamed after the last progress write is rewritten identically
+        if mine(n) and SHARD_NAME.match(n) and n not in done:
+            loc.delete(n)
+    return progress
