@@ -62,7 +62,9 @@ class BoreholeConfig:
             raise UsageError("--window, --stride and --columns must be at least 1")
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
-            raise UsageError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+            raise UsageError(
+                f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,21 @@ class WellStats:
             "well": self.well,
             "rows": self.rows,
             "windows": self.windows,
-            "index": {"name": self.index_name, "unit": self.index_unit,
-                      "top": self.top, "bottom": self.bottom},
-            "image": {"channels": list(self.image_members), "unit": self.image_unit,
-                      "lo": self.image_lo, "hi": self.image_hi},
-            "depth": None if self.depth_members is None else {
-                "channels": list(self.depth_members), "unit": self.depth_unit},
+            "index": {
+                "name": self.index_name,
+                "unit": self.index_unit,
+                "top": self.top,
+                "bottom": self.bottom,
+            },
+            "image": {
+                "channels": list(self.image_members),
+                "unit": self.image_unit,
+                "lo": self.image_lo,
+                "hi": self.image_hi,
+            },
+            "depth": None
+            if self.depth_members is None
+            else {"channels": list(self.depth_members), "unit": self.depth_unit},
         }
 
 
@@ -122,29 +133,68 @@ class BoreholeConverter(Converter):
     )
     params = [
         click.Argument(["src"], type=click.Path(exists=True, path_type=str)),
-        click.Option(["--image"], default=None, metavar="CH",
-                     help="Image channel, or a LAS sector pattern like 'ABDC{}M' ({} = sector "
-                          "number). Default: the file's only multi-sector channel."),
-        click.Option(["--depth"], default=None, metavar="CH",
-                     help="Exogenous channel stored as depth (transit time, radius); same naming "
-                          "rules. Default: none (samples have no depth member)."),
-        click.Option(["--window"], type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Rows (depth samples) per window = image height."),
-        click.Option(["--stride"], type=click.IntRange(min=1), default=128, show_default=True,
-                     help="Rows between the tops of consecutive windows."),
-        click.Option(["--columns"], type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Azimuth columns = image width (periodic resampling)."),
-        click.Option(["--colormap"], default=None, metavar="NAME",
-                     help="matplotlib colormap for the picture (default: grayscale)."),
-        click.Option(["--breakouts"], type=click.Path(exists=True, dir_okay=False, path_type=str),
-                     default=None, metavar="CSV",
-                     help="Breakout picks: depth top, depth bottom, azimuth centre, azimuth width "
-                          "(degrees), optional well; rasterised into label masks."),
-        click.Option(["--azimuth-reference"], default="sector-1", show_default=True,
-                     help="What azimuth 0 (the left edge) is, recorded in every sample "
-                          "(e.g. high-side, north)."),
-        click.Option(["--negative-invalid/--negative-valid"], default=True, show_default=True,
-                     help="Treat negative values (pad gaps) as invalid."),
+        click.Option(
+            ["--image"],
+            default=None,
+            metavar="CH",
+            help="Image channel, or a LAS sector pattern like 'ABDC{}M' ({} = sector "
+            "number). Default: the file's only multi-sector channel.",
+        ),
+        click.Option(
+            ["--depth"],
+            default=None,
+            metavar="CH",
+            help="Exogenous channel stored as depth (transit time, radius); same naming "
+            "rules. Default: none (samples have no depth member).",
+        ),
+        click.Option(
+            ["--window"],
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Rows (depth samples) per window = image height.",
+        ),
+        click.Option(
+            ["--stride"],
+            type=click.IntRange(min=1),
+            default=128,
+            show_default=True,
+            help="Rows between the tops of consecutive windows.",
+        ),
+        click.Option(
+            ["--columns"],
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Azimuth columns = image width (periodic resampling).",
+        ),
+        click.Option(
+            ["--colormap"],
+            default=None,
+            metavar="NAME",
+            help="matplotlib colormap for the picture (default: grayscale).",
+        ),
+        click.Option(
+            ["--breakouts"],
+            type=click.Path(exists=True, dir_okay=False, path_type=str),
+            default=None,
+            metavar="CSV",
+            help="Breakout picks: depth top, depth bottom, azimuth centre, azimuth width "
+            "(degrees), optional well; rasterised into label masks.",
+        ),
+        click.Option(
+            ["--azimuth-reference"],
+            default="sector-1",
+            show_default=True,
+            help="What azimuth 0 (the left edge) is, recorded in every sample "
+            "(e.g. high-side, north).",
+        ),
+        click.Option(
+            ["--negative-invalid/--negative-valid"],
+            default=True,
+            show_default=True,
+            help="Treat negative values (pad gaps) as invalid.",
+        ),
     ]
 
     config: BoreholeConfig
@@ -264,10 +314,14 @@ class BoreholeConverter(Converter):
                 bottom=float(z[-1]),
                 index_unit=log.index_unit,
                 index_name=log.index_name,
-                channels={"image": log.image.request,
-                          "depth": log.depth.request if log.depth is not None else None},
-                sectors={"image": log.image.sectors,
-                         "depth": log.depth.sectors if log.depth is not None else None},
+                channels={
+                    "image": log.image.request,
+                    "depth": log.depth.request if log.depth is not None else None,
+                },
+                sectors={
+                    "image": log.image.sectors,
+                    "depth": log.depth.sectors if log.depth is not None else None,
+                },
                 image_unit=log.image.unit,
                 image_range=[stats.image_lo, stats.image_hi],
                 azimuth_reference=c.azimuth_reference,
@@ -362,7 +416,8 @@ def _to_dataset_unit(log: WellLog, unit: str | None) -> np.ndarray:
     out = convert_units(log.depth.values, log.depth.unit, unit)
     if out is None:
         raise SourceError(
-            log.path, f"depth channel unit {log.depth.unit!r} does not convert to the dataset's {unit!r}"
+            log.path,
+            f"depth channel unit {log.depth.unit!r} does not convert to the dataset's {unit!r}",
         )
     return out
 
@@ -439,8 +494,13 @@ def resample_periodic(values: np.ndarray, plan: AzimuthPlan) -> tuple[np.ndarray
 # --- pixel encodings ---------------------------------------------------------------------------
 
 
-def to_rgb(values: np.ndarray, valid: np.ndarray, lo: float | None, hi: float | None,
-           lut: np.ndarray | None) -> np.ndarray:
+def to_rgb(
+    values: np.ndarray,
+    valid: np.ndarray,
+    lo: float | None,
+    hi: float | None,
+    lut: np.ndarray | None,
+) -> np.ndarray:
     """Physical values -> HxWx3 uint8: [lo, hi] -> 1..255 (clipped), invalid -> 0."""
     lo = 0.0 if lo is None else lo
     span = (hi - lo) if hi is not None and hi > lo else 1.0
@@ -502,8 +562,11 @@ def read_breakouts(path: str) -> list[BreakoutPick]:
     without header in that order. Raises :class:`SourceError` for a malformed row."""
     try:
         with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)
-                    and not r[0].lstrip().startswith("#")]
+            rows = [
+                r
+                for r in csv.reader(f)
+                if r and any(x.strip() for x in r) and not r[0].lstrip().startswith("#")
+            ]
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(path, f"cannot read breakout picks ({exc})") from None
     if not rows:
@@ -523,9 +586,13 @@ def read_breakouts(path: str) -> list[BreakoutPick]:
     picks = []
     for n, row in enumerate(rows[start:], start=start + 1):
         try:
-            top, bottom, az, width = (float(row[cols[k]]) for k in ("top", "bottom", "azimuth", "width"))
+            top, bottom, az, width = (
+                float(row[cols[k]]) for k in ("top", "bottom", "azimuth", "width")
+            )
         except (ValueError, IndexError):
-            raise SourceError(path, f"row {n}: need numbers for top, bottom, azimuth, width") from None
+            raise SourceError(
+                path, f"row {n}: need numbers for top, bottom, azimuth, width"
+            ) from None
         if not all(map(math.isfinite, (top, bottom, az, width))) or bottom < top or width <= 0:
             raise SourceError(path, f"row {n}: need top <= bottom and width > 0")
         well = row[cols["well"]].strip() if "well" in cols and cols["well"] < len(row) else None

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,9 +147,7 @@ class _Table:
     load: Callable[[str], np.ndarray]
 
     def describe(self) -> str:
-        names = ", ".join(
-            f"{n}[{k}]" if k and k > 1 else n for n, (_, k) in self.channels.items()
-        )
+        names = ", ".join(f"{n}[{k}]" if k and k > 1 else n for n, (_, k) in self.channels.items())
         return f"{self.label}: {names or '(none)'}" if self.label else names or "(none)"
 
 
@@ -170,7 +169,9 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
         well = str(las.well["WELL"].value).strip()
     except KeyError:
         well = ""
-    channels = {c.mnemonic: (c.unit, 1) for c in las.curves[1:]}
+    channels: dict[str, tuple[str | None, int | None]] = {
+        str(c.mnemonic): (c.unit, 1) for c in las.curves[1:]
+    }
     yield [
         _Table(
             label="",
@@ -201,7 +202,9 @@ def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
                 if not chans:
                     continue
                 index_name = frame.index or chans[0].name
-                index_unit = chans[0].units if frame.index and chans[0].name == frame.index else None
+                index_unit = (
+                    chans[0].units if frame.index and chans[0].name == frame.index else None
+                )
                 catalogue: dict[str, tuple[str | None, int | None]] = {}
                 for c in chans:
                     if c.name == index_name:
@@ -248,10 +251,10 @@ def _hdf5_tables(path: Path) -> Iterator[list[_Table]]:
         rows = f[INDEX_NAME].shape[0] if f[INDEX_NAME].ndim == 1 else -1
         found: dict[str, tuple[str | None, int | None]] = {}
 
-        def visit(name: str, obj: object) -> None:
-            if isinstance(obj, h5py.Dataset) and name != INDEX_NAME and obj.ndim in (1, 2):
-                if obj.shape[0] == rows:
-                    found[name] = (_attr_unit(obj.attrs), 1 if obj.ndim == 1 else obj.shape[1])
+        def visit(name: str, obj: Any) -> None:
+            usable = isinstance(obj, h5py.Dataset) and obj.ndim in (1, 2) and obj.shape[0] == rows
+            if usable and name != INDEX_NAME:
+                found[name] = (_attr_unit(obj.attrs), 1 if obj.ndim == 1 else obj.shape[1])
 
         f.visititems(visit)
         well = f.attrs.get("well", "")
@@ -354,15 +357,20 @@ def read_well_log(
             depth_curve = _load_curve(path, table, depth, negative_invalid, min_sectors=1)
             if parse_unit(depth_curve.unit) is None:
                 raise SourceError(
-                    path, f"unknown unit {depth_curve.unit!r} of channel {depth!r}; known: "
-                    f"{', '.join(sorted(set(_ALIASES.values())))}"
+                    path,
+                    f"unknown unit {depth_curve.unit!r} of channel {depth!r}; known: "
+                    f"{', '.join(sorted(set(_ALIASES.values())))}",
                 )
         index = table.load_index().reshape(-1)
         index_unit = parse_unit(table.index_unit)
-        if index_unit is None or UNIT_FACTORS.get(index_unit[0], ("",))[0] not in ("length", "time"):
+        if index_unit is None or UNIT_FACTORS.get(index_unit[0], ("",))[0] not in (
+            "length",
+            "time",
+        ):
             raise SourceError(
-                path, f"unknown unit {table.index_unit!r} of index {table.index_name!r} "
-                "(need a length such as m, ft, 0.1 in, or a time such as ms)"
+                path,
+                f"unknown unit {table.index_unit!r} of index {table.index_name!r} "
+                "(need a length such as m, ft, 0.1 in, or a time such as ms)",
             )
     index = index * index_unit[1]
     if not np.all(np.isfinite(index)) or np.any(np.isin(index, NULL_VALUES)):
@@ -373,7 +381,8 @@ def read_well_log(
     if depth_curve is not None:
         unit, factor = parse_unit(depth_curve.unit)  # type: ignore[misc]
         depth_curve = _reordered(
-            Curve(depth_curve.request, depth_curve.members, unit, depth_curve.values * factor), order
+            Curve(depth_curve.request, depth_curve.members, unit, depth_curve.values * factor),
+            order,
         )
     return WellLog(
         path=str(path),
@@ -403,7 +412,9 @@ def _pick_table(path: Path, tables: list[_Table], image: str | None, depth: str 
     if missing:
         what = " and ".join(repr(n) for n in missing)
         raise SourceError(path, f"no channel {what}; channels present: {present}")
-    raise SourceError(path, f"channels {image!r} and {depth!r} are not on one index; channels present: {present}")
+    raise SourceError(
+        path, f"channels {image!r} and {depth!r} are not on one index; channels present: {present}"
+    )
 
 
 def _image_channels(table: _Table) -> list[str]:
@@ -414,8 +425,9 @@ def _only_image_channel(path: Path, table: _Table) -> str:
     candidates = _image_channels(table)
     if len(candidates) != 1:
         raise SourceError(
-            path, f"{len(candidates)} multi-sector channels ({', '.join(candidates) or 'none'}): "
-            "choose one with --image (a pattern like 'ABDC{}M' stacks one column per sector)"
+            path,
+            f"{len(candidates)} multi-sector channels ({', '.join(candidates) or 'none'}): "
+            "choose one with --image (a pattern like 'ABDC{}M' stacks one column per sector)",
         )
     return candidates[0]
 
@@ -444,10 +456,14 @@ def _load_curve(
     if "{}" in request:
         numbers = [k for k, _ in _sectors(table, request)]
         if len(set(numbers)) != len(numbers):
-            raise SourceError(path, f"pattern {request!r} matches one sector twice: {', '.join(names)}")
+            raise SourceError(
+                path, f"pattern {request!r} matches one sector twice: {', '.join(names)}"
+            )
         wide = [n for n in names if table.channels[n][1] != 1]
         if wide:
-            raise SourceError(path, f"pattern {request!r} matches non-scalar channels {', '.join(wide)}")
+            raise SourceError(
+                path, f"pattern {request!r} matches non-scalar channels {', '.join(wide)}"
+            )
         units = {table.channels[n][0] or "" for n in names}
         if len(units) > 1:
             raise SourceError(path, f"sectors of {request!r} disagree on units: {sorted(units)}")
@@ -457,18 +473,24 @@ def _load_curve(
         k = table.channels[name][1]
         if k is None:
             raise SourceError(
-                path, f"channel {name!r} has more than one axis per row; need one azimuth vector per depth"
+                path,
+                f"channel {name!r} has more than one axis per row; need one azimuth vector per depth",
             )
         values = table.load(name).reshape(-1, k)
     if values.shape[1] < min_sectors:
         raise SourceError(
-            path, f"channel {request!r} has {values.shape[1]} value per depth, an image needs "
-            f"{min_sectors} or more azimuth sectors (a pattern like 'ABDC{{}}M' stacks sector columns)"
+            path,
+            f"channel {request!r} has {values.shape[1]} value per depth, an image needs "
+            f"{min_sectors} or more azimuth sectors (a pattern like 'ABDC{{}}M' stacks sector columns)",
         )
     unit = table.channels[names[0]][0] or ""
     parsed = parse_unit(unit)
-    return Curve(request, tuple(names), parsed[0] if parsed and parsed[1] == 1.0 else unit,
-                 mask_nulls(values, negative_invalid=negative_invalid))
+    return Curve(
+        request,
+        tuple(names),
+        parsed[0] if parsed and parsed[1] == 1.0 else unit,
+        mask_nulls(values, negative_invalid=negative_invalid),
+    )
 
 
 def mask_nulls(values: np.ndarray, *, negative_invalid: bool = True) -> np.ndarray:

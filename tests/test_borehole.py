@@ -1,0 +1,489 @@
+"""The borehole converter: every format gives the same samples; nulls, periodic azimuth, windows and
+breakout labels are exact; bad input fails with the file named; the real LWD log converts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.base import Skipped
+from converters.borehole import (
+    BREAKOUT_LABELS,
+    BoreholeConfig,
+    BoreholeConverter,
+    azimuth_plan,
+    num_windows,
+    rasterise_breakouts,
+    read_breakouts,
+    resample_periodic,
+)
+from converters.welllogs import nice_scale, parse_unit, read_well_log
+from datakit.errors import SourceError, UsageError
+from datakit.schema import Sample
+from tests.borehole_fixtures import (
+    WRITERS,
+    channel_names,
+    invalid_mask,
+    make_log,
+    with_rows,
+    write_breakouts,
+    write_log,
+)
+
+LWD_LAS = "las_lwd_image/P11-A-02_Composite_MEM_Image_NF.las"
+SMALL = {"window": 64, "stride": 32}
+
+
+def converter(src: Path, **cfg: object) -> BoreholeConverter:
+    return BoreholeConverter(BoreholeConfig(src=str(src), **cfg))  # type: ignore[arg-type]
+
+
+def run(conv: BoreholeConverter) -> list[Sample | Skipped]:
+    return [s for u in conv.units() for s in conv.convert(u)]
+
+
+def samples(conv: BoreholeConverter) -> list[Sample]:
+    return [s for s in run(conv) if isinstance(s, Sample)]
+
+
+def comparable(meta: dict) -> dict:
+    """Metadata that must not depend on the file format."""
+    return {k: v for k, v in meta.items() if k not in ("file", "format", "index_name", "channels")}
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def log_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("logs")
+    log = make_log()
+    return {fmt: write_log(log, root / fmt, fmt) for fmt in WRITERS}
+
+
+def test_every_format_gives_the_same_samples(log_files: dict[str, Path], tmp_path: Path) -> None:
+    picks = write_breakouts(tmp_path / "picks.csv", [(1005.0, 1010.0, 90.0, 40.0)])
+    got = {}
+    for fmt, path in log_files.items():
+        image, depth = channel_names(fmt)
+        conv = converter(path, image=image, depth=depth, columns=48, breakouts=str(picks), **SMALL)
+        info = conv.info()
+        assert (info.depth_unit, info.labels) == ("us", BREAKOUT_LABELS)
+        got[fmt] = (samples(conv), info)
+    ref, ref_info = got["npz"]
+    assert len(ref) == num_windows(300, 64, 32) == 8
+    for fmt, (ss, info) in got.items():
+        assert info.depth_scale == ref_info.depth_scale, fmt
+        assert (
+            info.extra["borehole"]["wells"]["well"]["image"]["lo"]
+            == ref_info.extra["borehole"]["wells"]["well"]["image"]["lo"]
+        )
+        assert [s.key for s in ss] == [s.key for s in ref]
+        for a, b in zip(ss, ref, strict=True):
+            assert np.array_equal(a.rgb, b.rgb), (fmt, a.key)
+            assert np.array_equal(a.depth, b.depth), (fmt, a.key)
+            assert np.array_equal(a.label, b.label), (fmt, a.key)
+            assert comparable(a.meta) == comparable(b.meta), fmt
+    assert got["las"][0][0].meta["channels"] == {"image": "AMP{}", "depth": "TT{}"}
+    assert got["dlis"][0][0].meta["format"] == "dlis"
+
+
+def test_sample_metadata(log_files: dict[str, Path]) -> None:
+    conv = converter(log_files["npz"], image="AMP", depth="TT", columns=32, **SMALL)
+    s = samples(conv)[1]
+    m = s.meta
+    assert s.key == "well-00001" and m["id"] == "well/00001"
+    assert (m["well"], m["index_unit"], m["top"], m["bottom"]) == (
+        "TESTWELL",
+        "m",
+        1004.0,
+        1011.875,
+    )
+    assert m["periodic_x"] is True and m["azimuth_reference"] == "sector-1"
+    assert (m["width"], m["height"], m["depth_unit"]) == (32, 64, "us")
+    assert m["sectors"] == {"image": 16, "depth": 8}
+    assert s.rgb.shape == (64, 32, 3) and s.depth.dtype == np.uint16  # type: ignore[union-attr]
+    json.dumps(m, allow_nan=False)
+
+
+# --- nulls, scaling -----------------------------------------------------------------------------
+
+
+def test_nulls_are_invalid(log_files: dict[str, Path]) -> None:
+    log = make_log()
+    # columns == sectors: one output column per sector, so the mask compares pixel for pixel.
+    conv = converter(
+        log_files["las"], image="AMP{}", depth="TT{}", columns=16, window=60, stride=60
+    )
+    first = samples(conv)[0]
+    bad = invalid_mask(log.image[:60])
+    assert bad.sum() == 4 + 32 + 1 + 20
+    assert np.array_equal(first.rgb[..., 0] == 0, bad)
+    assert (first.rgb[~bad] >= 1).all()
+    # Depth (8 sectors -> 16 columns): a column is valid where its nearest sector is.
+    dbad = np.repeat(invalid_mask(log.tt[:60]), 2, axis=1)
+    assert np.array_equal(first.depth == 0, dbad)
+
+
+def test_per_well_scaling_is_shared_by_windows(log_files: dict[str, Path]) -> None:
+    conv = converter(log_files["npz"], image="AMP", columns=16, **SMALL)
+    info = conv.info()
+    well = info.extra["borehole"]["wells"]["well"]
+    log = make_log()
+    valid = log.image[~invalid_mask(log.image)]
+    assert (well["image"]["lo"], well["image"]["hi"]) == tuple(np.percentile(valid, [1, 99]))
+    ss = samples(conv)
+    assert {tuple(s.meta["image_range"]) for s in ss} == {
+        (well["image"]["lo"], well["image"]["hi"])
+    }
+    # Same physical value, same code, in every window: rows 32..63 are in windows 0 and 1.
+    assert np.array_equal(ss[0].rgb[32:], ss[1].rgb[:32])
+
+
+def test_no_depth_channel(log_files: dict[str, Path]) -> None:
+    conv = converter(log_files["hdf5"], image="AMP", **SMALL)
+    info = conv.info()
+    assert info.depth_unit is None and info.depth_scale is None
+    s = samples(conv)[0]
+    assert s.depth is None and s.meta["depth_unit"] is None
+
+
+def test_depth_codes_cover_the_range(log_files: dict[str, Path]) -> None:
+    conv = converter(log_files["npz"], image="AMP", depth="TT", columns=8, **SMALL)
+    scale = conv.info().depth_scale
+    log = make_log()
+    assert scale == nice_scale(float(np.nanmax(log.tt))) == 0.002
+    s = samples(conv)[0]
+    # columns == depth sectors: codes are the raw values / scale exactly.
+    ok = ~invalid_mask(log.tt[:64])
+    assert np.allclose(s.depth[ok] * scale, log.tt[:64][ok], atol=scale / 2)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("value", "scale"), [(None, 1.0), (65.0, 0.001), (70.0, 0.002), (3000.0, 0.05), (0.5, 1e-5)]
+)
+def test_nice_scale(value: float | None, scale: float) -> None:
+    assert nice_scale(value) == pytest.approx(scale)
+    if value:
+        assert value / nice_scale(value) <= 65535
+
+
+def test_unit_parsing() -> None:
+    assert parse_unit("0.1 in") == ("in", 0.1)
+    assert parse_unit("M") == ("m", 1.0)
+    assert parse_unit("gAPI") == ("API", 1.0)
+    assert parse_unit("furlong") is None and parse_unit(None) is None
+
+
+# --- azimuth ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sectors", "columns"), [(16, 256), (8, 64), (16, 16), (256, 64), (6, 8)])
+def test_periodic_resampling_preserves_constants(sectors: int, columns: int) -> None:
+    out, valid = resample_periodic(np.full((3, sectors), 7.5), azimuth_plan(sectors, columns))
+    assert valid.all() and np.allclose(out, 7.5)
+
+
+def test_interpolation_wraps_across_the_seam() -> None:
+    values = np.zeros((1, 4))
+    values[0, 3] = 8.0  # the last sector
+    out, _ = resample_periodic(values, azimuth_plan(4, 16))
+    # Column 0's centre lies 3/8 of a sector before sector 0's centre, i.e. between sector 3 and 0.
+    assert out[0, 0] == pytest.approx(8.0 * 3 / 8)
+    assert out[0, 15] == pytest.approx(8.0 * 5 / 8)
+    # Symmetric about sector 3's centre (column 13.5), across the seam: column 0 mirrors column 11.
+    assert out[0, 13] == out[0, 14] == pytest.approx(7.0)
+    assert out[0, 0] == pytest.approx(out[0, 11])
+
+
+def test_shift_by_one_sector_shifts_the_image(tmp_path: Path) -> None:
+    log = make_log(rows=128)
+    shifted = replace(log, image=np.roll(log.image, 1, axis=1), tt=np.roll(log.tt, 1, axis=1))
+    a = write_log(log, tmp_path / "a", "npz")
+    b = write_log(shifted, tmp_path / "b", "npz")
+    for columns in (256, 64):
+        sa = samples(converter(a, image="AMP", depth="TT", columns=columns, **SMALL))
+        sb = samples(converter(b, image="AMP", depth="TT", columns=columns, **SMALL))
+        for x, y in zip(sa, sb, strict=True):
+            assert np.array_equal(np.roll(x.rgb, columns // 16, axis=1), y.rgb)
+            assert np.array_equal(np.roll(x.depth, columns // 8, axis=1), y.depth)  # type: ignore[arg-type]
+
+
+# --- windows ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "window", "stride", "n"),
+    [(300, 64, 32, 8), (64, 64, 1, 1), (63, 64, 32, 0), (7361, 256, 128, 56)],
+)
+def test_num_windows(rows: int, window: int, stride: int, n: int) -> None:
+    assert num_windows(rows, window, stride) == n
+
+
+def test_window_boundaries_are_exact(log_files: dict[str, Path]) -> None:
+    log = make_log()
+    ss = samples(converter(log_files["dlis"], image="AMP", columns=16, window=50, stride=45))
+    whole = samples(converter(log_files["dlis"], image="AMP", columns=16, window=300))[0]
+    assert len(ss) == (300 - 50) // 45 + 1 == 6
+    for k, s in enumerate(ss):
+        r0 = 45 * k
+        assert s.meta["rows"] == [r0, r0 + 50]
+        assert (s.meta["top"], s.meta["bottom"]) == (log.index[r0], log.index[r0 + 49])
+        ok = ~invalid_mask(log.image[r0 : r0 + 50])
+        ref = whole
+        assert np.array_equal(s.rgb[ok], ref.rgb[r0 : r0 + 50][ok])
+
+
+def test_all_null_window_is_skipped_and_counted(tmp_path: Path) -> None:
+    log = make_log(rows=192)
+    log.image[64:128] = np.nan
+    path = write_log(log, tmp_path, "npz")
+    out = run(converter(path, image="AMP", window=64, stride=64))
+    assert [type(s).__name__ for s in out] == ["Sample", "Skipped", "Sample"]
+    assert "all-null" in out[1].reason and "@1008-1015.88m" in out[1].source  # type: ignore[union-attr]
+
+    from datakit.writer import ConvertConfig, convert
+
+    conv = converter(path, image="AMP", window=64, stride=64)
+    result = convert(conv, str(tmp_path / "ds"), ConvertConfig(on_error="skip", progress=False))
+    assert (result.num_samples, result.skipped) == (2, 1)
+    info = json.loads((tmp_path / "ds" / "_info.json").read_text())
+    assert info["errors"]["skipped"] == 1 and info["depth"] is None
+
+
+def test_decreasing_index_is_sorted(tmp_path: Path) -> None:
+    log = make_log(rows=128)
+    up = write_log(log, tmp_path / "up", "npz")
+    down = write_log(with_rows(log, slice(None, None, -1)), tmp_path / "down", "las")
+    a = samples(converter(up, image="AMP", depth="TT", **SMALL))
+    b = samples(converter(down, image="AMP{}", depth="TT{}", **SMALL))
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.rgb, y.rgb) and np.array_equal(x.depth, y.depth)
+        assert x.meta["top"] < x.meta["bottom"]
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def test_breakouts_wrap_across_the_seam(tmp_path: Path) -> None:
+    depths = 1000.0 + 0.125 * np.arange(16)
+    lobes = [(1000.5, 1001.0, 0.0, 45.0), (1000.5, 1001.0, 180.0, 45.0)]  # a pair, 180 deg apart
+    picks = read_breakouts(str(write_breakouts(tmp_path / "p.csv", lobes)))
+    label = rasterise_breakouts(picks, depths, 64)  # 5.625 deg per column: 45 deg = 8 columns
+    rows = np.flatnonzero(label.any(axis=1))
+    assert rows.tolist() == [4, 5, 6, 7, 8]  # 1000.5 ... 1001.0 inclusive
+    cols = np.flatnonzero(label[4]).tolist()
+    assert cols == [0, 1, 2, 3, 28, 29, 30, 31, 32, 33, 34, 35, 60, 61, 62, 63]
+    assert (label[4] == label[8]).all() and label.sum() == 5 * 16
+
+
+def test_breakout_labels_in_samples(tmp_path: Path) -> None:
+    log = make_log(rows=64, nulls=False)
+    log.image[0:4, 0] = np.nan  # invalid image under the pick -> ignore
+    a = write_log(log, tmp_path / "a", "npz", stem="A")
+    write_log(log, tmp_path / "a", "npz", stem="B")
+    csv = write_breakouts(tmp_path / "p.csv", [(1000.0, 1000.25, 350.0, 30.0)], wells=["A"])
+    out = samples(
+        converter(a.parent, image="AMP", columns=16, window=64, stride=64, breakouts=str(csv))
+    )
+    assert [s.key for s in out] == ["A-00000", "B-00000"]
+    la, lb = out[0].label, out[1].label
+    assert la is not None and lb is not None and not (lb == 1).any()
+    expected = np.zeros((64, 16), np.uint8)
+    expected[0:3, [15, 0]] = 1  # 350 +- 15 deg: columns centred at 348.75 and 11.25
+    expected[0:4, 0] = 255
+    assert np.array_equal(la, expected)
+
+
+def test_breakouts_csv_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("top,bottom,azimuth,width\n1000,999,10,20\n")
+    with pytest.raises(SourceError, match="row 2"):
+        read_breakouts(str(bad))
+    bad.write_text("top,bottom,azimuth\n1,2,3\n")
+    with pytest.raises(SourceError, match="width"):
+        read_breakouts(str(bad))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("# no header\n1000,1001,90,20\n")
+    assert read_breakouts(str(plain))[0].azimuth == 90.0
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_missing_channel_lists_channels_present(log_files: dict[str, Path]) -> None:
+    for fmt, path in log_files.items():
+        with pytest.raises(SourceError) as err:
+            read_well_log(path, "NOPE")
+        assert str(path) in str(err.value) and "channels present" in str(err.value), fmt
+        assert "AMP" in str(err.value) and "TT" in str(err.value)
+
+
+def test_real_dlis_fixtures_have_no_image_channels(shared_fixtures: Path) -> None:
+    for name, listed in [
+        ("pyborehole_test_dlis.dlis", "CALIPER.PD"),
+        ("206_05a-_3_DWL_DWL_WIRE_258276498.DLIS", "TENS_SL"),
+    ]:
+        path = shared_fixtures / "dlis" / name
+        for image in ("AMP", None):
+            with pytest.raises(SourceError) as err:
+                read_well_log(path, image)
+            assert str(path) in str(err.value) and listed in str(err.value)
+    with pytest.raises(SourceError, match="more than one axis"):
+        read_well_log(shared_fixtures / "dlis" / "multidimensions-ints-various.dlis", "CHD32")
+    with pytest.raises(SourceError, match="unknown unit"):
+        read_well_log(shared_fixtures / "dlis" / "multidimensions-ints-various.dlis", "CHD4")
+
+
+def test_non_monotonic_index(tmp_path: Path) -> None:
+    log = make_log(rows=64)
+    log.index[10] = log.index[12]
+    with pytest.raises(SourceError, match=r"not monotonic \(row 10"):
+        read_well_log(write_log(log, tmp_path, "npz"), "AMP")
+
+
+@pytest.mark.parametrize(
+    ("field", "unit", "match"),
+    [
+        ("index_unit", "furlong", "unknown unit 'furlong' of index"),
+        ("index_unit", "API", "unknown unit 'API' of index"),
+        ("depth_unit", "", "unknown unit '' of channel 'TT'"),
+    ],
+)
+def test_unknown_units(tmp_path: Path, field: str, unit: str, match: str) -> None:
+    path = write_log(replace(make_log(rows=64), **{field: unit}), tmp_path, "hdf5")
+    with pytest.raises(SourceError, match=match):
+        read_well_log(path, "AMP", "TT")
+
+
+def test_bad_unit_in_one_well_is_a_unit_error(tmp_path: Path) -> None:
+    from datakit.writer import ConvertConfig, convert
+
+    write_log(make_log(rows=64), tmp_path / "src", "npz", stem="good")
+    write_log(replace(make_log(rows=64), index_unit="furlong"), tmp_path / "src", "npz", stem="odd")
+    conv = converter(tmp_path / "src", image="AMP", window=64)
+    result = convert(conv, str(tmp_path / "ds"), ConvertConfig(on_error="skip", progress=False))
+    assert (result.num_samples, result.skipped) == (1, 1)
+    with pytest.raises(Exception, match="furlong"):
+        convert(
+            converter(tmp_path / "src", image="AMP", window=64),
+            str(tmp_path / "ds2"),
+            ConvertConfig(progress=False),
+        )
+
+
+def test_exogenous_units_convert_across_wells(tmp_path: Path) -> None:
+    log = make_log(rows=64)
+    write_log(log, tmp_path, "npz", stem="a_us")
+    write_log(replace(log, tt=log.tt / 1000, depth_unit="ms"), tmp_path, "npz", stem="b_ms")
+    ss = samples(converter(tmp_path, image="AMP", depth="TT", window=64))
+    a, b = (s.depth.astype(np.int64) for s in ss)  # type: ignore[union-attr]
+    assert np.array_equal(a == 0, b == 0) and np.abs(a - b).max() <= 1  # ms -> us rounding
+    assert ss[1].meta["depth_unit"] == "us"
+
+
+def test_colormap(log_files: dict[str, Path]) -> None:
+    s = samples(converter(log_files["npz"], image="AMP", colormap="viridis", **SMALL))[0]
+    assert not np.array_equal(s.rgb[..., 0], s.rgb[..., 1])
+    with pytest.raises(UsageError, match="colormap"):
+        converter(log_files["npz"], image="AMP", colormap="nope").units()
+
+
+def test_units_are_unique_and_deterministic(log_files: dict[str, Path]) -> None:
+    root = next(iter(log_files.values())).parent.parent
+    units = converter(root, image="AMP").units()
+    assert [u.id for u in units] == ["dlis_well", "hdf5_well", "las_well", "npz_well"]
+    assert units == converter(root, image="AMP").units()
+
+
+# --- the real LWD log ----------------------------------------------------------------------------
+
+
+def test_real_lwd_las_converts(shared_fixtures: Path) -> None:
+    path = shared_fixtures / LWD_LAS
+    conv = converter(path, image="ABDC{}M", depth="GRAS{}M")
+    info = conv.info()
+    well = info.extra["borehole"]["wells"]["P11-A-02_Composite_MEM_Image_NF"]
+    assert (well["rows"], well["windows"]) == (7361, num_windows(7361, 256, 128))
+    assert well["index"] == {"name": "DEPTH", "unit": "m", "top": 1950.0, "bottom": 2686.0}
+    assert well["image"]["channels"] == [f"ABDC{i}M" for i in range(1, 17)]
+    assert info.depth_unit == "API"
+    out = run(conv)
+    assert len(out) == 56
+    ss = [s for s in out if isinstance(s, Sample)]
+    assert ss[0].meta["top"] == 1950.0 and ss[-1].meta["bottom"] == pytest.approx(
+        1950.0 + 0.1 * 7295
+    )
+    # Rows 0-46 hold no density: black (invalid) at the top of the first window.
+    assert (ss[0].rgb[:47] == 0).all() and (ss[0].rgb[47:60] > 0).any()
+    assert all(s.meta["well"] == "P11-A-02A" and s.meta["periodic_x"] for s in ss)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_convert_and_errors(log_files: dict[str, Path], tmp_path: Path) -> None:
+    from datakit.cli import main
+
+    picks = write_breakouts(tmp_path / "p.csv", [(1001.0, 1003.0, 10.0, 60.0)])
+    out = tmp_path / "ds"
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        [
+            "convert",
+            "borehole",
+            str(log_files["las"]),
+            str(out),
+            "--image",
+            "AMP{}",
+            "--depth",
+            "TT{}",
+            "--window",
+            "64",
+            "--stride",
+            "32",
+            "--columns",
+            "64",
+            "--breakouts",
+            str(picks),
+            "--no-progress",
+            "--rgb-format",
+            "png",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "_info.json").read_text())
+    assert info["depth"]["unit"] == "us" and info["labels"]["classes"] == ["background", "breakout"]
+    assert info["splits"]["train"]["num_samples"] == 8
+    from datakit.reader import iter_tar_members
+    from datakit.schema import decode
+
+    with open(out / info["shards"][0]["name"], "rb") as f:
+        key, members = next(iter_tar_members(f, "shard"))
+    s = decode(key, members)
+    assert s.label is not None and (s.label == 1).any() and s.meta["periodic_x"] is True
+    assert s.depth is not None and s.depth.max() == pytest.approx(
+        np.nanmax(make_log().tt[:64]), abs=0.01
+    )
+
+    res = runner.invoke(
+        main,
+        [
+            "convert",
+            "borehole",
+            str(log_files["dlis"]),
+            str(tmp_path / "x"),
+            "--image",
+            "NOPE",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 1
+    assert "channels present: frame MAIN: AMP[16], TT[8]" in res.output
+    assert "Traceback" not in res.output
