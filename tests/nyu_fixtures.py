@@ -68,22 +68,28 @@ def build_nyu(
         num_classes = h * w
     names = [f"class{k}" for k in range(1, num_classes + 1)]
     scenes = [f"kitchen_{i:04d}a" for i in range(n)]
-    with h5py.File(path, "w", userblock_size=512) as f:
+    fixture = NyuFixture(path, rgb, depth, raw_depth, labels, names, scenes)
+    write_nyu(fixture)
+    return fixture
+
+
+def write_nyu(fx: NyuFixture) -> None:
+    """Write the upright arrays of ``fx`` to ``fx.path`` in the .mat v7.3 layout."""
+    with h5py.File(fx.path, "w", userblock_size=512) as f:
 
         def put(name: str, data: np.ndarray, cls: str) -> None:
             chunks = (1, *data.shape[1:])
             ds = f.create_dataset(name, data=data, chunks=chunks, compression="gzip")
             ds.attrs["MATLAB_class"] = np.bytes_(cls)
 
-        put("images", rgb.transpose(0, 3, 2, 1), "uint8")  # (N, 3, W, H)
-        put("depths", depth.transpose(0, 2, 1), "single")  # (N, W, H)
-        put("rawDepths", raw_depth.transpose(0, 2, 1), "single")
-        put("labels", labels.transpose(0, 2, 1), "uint16")
-        _write_strings(f, "names", names)
-        _write_strings(f, "scenes", scenes)
-    with open(path, "r+b") as fh:
+        put("images", fx.rgb.transpose(0, 3, 2, 1), "uint8")  # (N, 3, W, H)
+        put("depths", fx.depth.transpose(0, 2, 1), "single")  # (N, W, H)
+        put("rawDepths", fx.raw_depth.transpose(0, 2, 1), "single")
+        put("labels", fx.labels.transpose(0, 2, 1), "uint16")
+        _write_strings(f, "names", fx.names)
+        _write_strings(f, "scenes", fx.scenes)
+    with open(fx.path, "r+b") as fh:
         fh.write(MATLAB_HEADER.ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
-    return NyuFixture(path, rgb, depth, raw_depth, labels, names, scenes)
 
 
 def write_splits(path: Path, train: list[int], test: list[int]) -> Path:
