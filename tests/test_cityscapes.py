@@ -281,3 +281,15 @@ def test_cli_fails_naming_missing_disparity_or_skips(tmp_path: Path) -> None:
     assert info["errors"]["skipped"] == 1 and info["splits"]["val"]["num_samples"] == 1
     log = (tmp_path / "b" / info["errors"]["log"]).read_text()
     assert str(bad.paths["disparity"]) in log
+
+
+def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:
+    import pickle
+
+    build_cityscapes(tmp_path)
+    conv = CityscapesConverter(CityscapesConfig(src=str(tmp_path), size=(24, 12)))
+    clone = pickle.loads(pickle.dumps(conv))
+    unit = pickle.loads(pickle.dumps(conv.units()))[0]
+    a, b = list(conv.convert(unit)), list(clone.convert(unit))
+    assert [s.key for s in a] == [s.key for s in b]  # type: ignore[union-attr]
+    np.testing.assert_array_equal(a[0].depth, b[0].depth)  # type: ignore[union-attr]

@@ -256,3 +256,21 @@ def test_cli_refuses_mismatched_sizes_naming_both(tmp_path: Path) -> None:
         str(tmp_path / "src/rgb/x.png") in res.output
         and str(tmp_path / "src/depth/x.png") in res.output
     )
+
+
+def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:
+    import pickle
+
+    build_mixed_tree(tmp_path)
+    conv = FolderConverter(
+        FolderConfig(
+            src=str(tmp_path),
+            rgb="rgb/**/*",
+            depth="depth/**/*",
+            depth_scale=1.0,
+            depth_kind="metric",
+        )
+    )
+    clone = pickle.loads(pickle.dumps(conv))
+    (unit,) = pickle.loads(pickle.dumps(conv.units()))
+    assert len([s for s in clone.convert(unit) if isinstance(s, Sample)]) == 4

@@ -168,3 +168,13 @@ def test_cli_convert(tmp_path: Path) -> None:
         np.testing.assert_array_equal(s.rgb, fx.rgb[i])
         np.testing.assert_array_equal(s.label, fx.labels[i])
         np.testing.assert_array_equal(s.depth_raw, np.rint(fx.depth[i].astype(np.float64) * 1000))
+
+
+def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:
+    import pickle
+
+    fx = build_nyu(tmp_path / "nyu.mat", n=2)
+    conv = NyuConverter(NyuConfig(mat=str(fx.path)))
+    clone = pickle.loads(pickle.dumps(conv))
+    (unit,) = pickle.loads(pickle.dumps(conv.units()))
+    assert [s.key for s in clone.convert(unit)] == ["nyu_0001", "nyu_0002"]  # type: ignore[union-attr]
