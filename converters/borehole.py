@@ -202,6 +202,12 @@ class BoreholeConverter(Converter):
     def __init__(self, config: BoreholeConfig) -> None:
         super().__init__(config)
         self._survey: Survey | None = None
+        # The log the survey read last, reused by convert() in the same process (a single-well
+        # conversion then parses its file once); never pickled into workers.
+        self._last_log: WellLog | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last_log": None}
 
     # --- the Converter interface ---------------------------------------------------------------
 
@@ -267,7 +273,12 @@ class BoreholeConverter(Converter):
     def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
         c = self.config
         survey = self.survey()
-        log = self._read(unit.payload)
+        last, self._last_log = self._last_log, None
+        log = (
+            last
+            if last is not None and last.path == str(unit.payload)
+            else self._read(unit.payload)
+        )
         stats = survey.wells.get(unit.id) or _well_stats(unit.id, log, c)
         depth_values = None
         if log.depth is not None:
@@ -352,6 +363,7 @@ class BoreholeConverter(Converter):
                 errors[unit.id] = str(exc)
                 continue
             wells[unit.id] = _well_stats(unit.id, log, self.config)
+            self._last_log = log
         depth_unit = None
         depth_max: float | None = None
         if self.config.depth is not None:
@@ -479,12 +491,15 @@ def resample_periodic(values: np.ndarray, plan: AzimuthPlan) -> tuple[np.ndarray
     """
     finite = np.isfinite(values)
     clean = np.where(finite, values, 0.0)
+    weight = finite.astype(np.float64)
     acc = np.zeros((values.shape[0], plan.index.shape[0]))
     wsum = np.zeros_like(acc)
     for t in range(plan.index.shape[1]):
-        idx, w = plan.index[:, t], plan.weight[:, t]
-        m = finite[:, idx] * w
-        acc += clean[:, idx] * m
+        m = np.take(weight, plan.index[:, t], axis=1)
+        m *= plan.weight[:, t]
+        v = np.take(clean, plan.index[:, t], axis=1)
+        v *= m
+        acc += v
         wsum += m
     valid = wsum >= 0.5
     out = np.where(valid, acc / np.where(valid, wsum, 1.0), 0.0)

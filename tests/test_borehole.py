@@ -487,3 +487,24 @@ def test_cli_convert_and_errors(log_files: dict[str, Path], tmp_path: Path) -> N
     assert res.exit_code == 1
     assert "channels present: frame MAIN: AMP[16], TT[8]" in res.output
     assert "Traceback" not in res.output
+
+
+def test_workers_give_the_same_shards(tmp_path: Path) -> None:
+    """The survey travels to worker processes with the converter; the bytes do not depend on it."""
+    import pickle
+
+    from datakit.writer import ConvertConfig, convert
+
+    for stem in ("a", "b"):
+        write_log(make_log(rows=96, seed=ord(stem)), tmp_path / "src", "npz", stem=stem)
+    conv = converter(tmp_path / "src", image="AMP", depth="TT", **SMALL)
+    conv.info()
+    assert conv._last_log is not None and pickle.loads(pickle.dumps(conv))._last_log is None
+    infos = []
+    for workers in (1, 2):
+        conv = converter(tmp_path / "src", image="AMP", depth="TT", **SMALL)
+        out = tmp_path / f"w{workers}"
+        convert(conv, str(out), ConvertConfig(workers=workers, progress=False, shard_size=3))
+        infos.append(json.loads((out / "_info.json").read_text()))
+    assert infos[0]["shards"] == infos[1]["shards"] and infos[0]["borehole"] == infos[1]["borehole"]
+    assert infos[0]["splits"]["train"]["num_samples"] == 4
