@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,9 @@ def main() -> None:
             cases.append(("real LWD LAS (7361 x 16)", LWD, "ABDC{}M", "GRAS{}M"))
         for fmt, path, image, depth in cases:
             lib_fmt = "las" if fmt.startswith("real") else fmt
-            t_lib = best(lambda: library_load(lib_fmt, path), args.repeats)
-            t_read = best(lambda: read_well_log(path, image, depth), args.repeats)
-            t_conv = best(lambda: convert_once(path, tmp / "out", image, depth), args.repeats)
+            t_lib = best(partial(library_load, lib_fmt, path), args.repeats)
+            t_read = best(partial(read_well_log, path, image, depth), args.repeats)
+            t_conv = best(partial(convert_once, path, tmp / "out", image, depth), args.repeats)
             rows = read_well_log(path, image, depth).rows
             n = num_windows(rows, 256, 128)
             mb = path.stat().st_size / 1e6
