@@ -244,7 +244,7 @@ def decode_color(
     """Colour blob -> RGB uint8 at ``size``; None when it does not decode.
 
     JPEGs are decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (DCT scaling) when that is
-    still at least ``size``, then area-resized: 1296x968 -> 648x484 -> 640x480.
+    still at least ``size``, then resized: 1296x968 -> 648x484 -> 640x480.
     """
     if compression == "raw":
         if src_size is None or len(data) != src_size[0] * src_size[1] * 3:
@@ -261,7 +261,16 @@ def decode_color(
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if bgr is None or bgr.ndim != 3:
         return None
-    return resize_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+    return _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area resize, except for a shrink of under 10% (what remains after DCT scaling, e.g.
+    648x484 -> 640x480): there an area filter equals a bilinear one and costs 4x as much."""
+    h, w = rgb.shape[:2]
+    if (w, h) != size and 0.9 <= size[0] / w <= 1 and 0.9 <= size[1] / h <= 1:
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+    return resize_rgb(rgb, size)
 
 
 def _reduction(src: tuple[int, int], dst: tuple[int, int]) -> int:
