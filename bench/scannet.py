@@ -141,6 +141,7 @@ def codec_floor(sens: Path, n: int) -> dict[str, float]:
         t0 = clock()
         bgr = cv2.imdecode(np.frombuffer(fr.color, np.uint8), flag)
         t1 = clock()
+        assert bgr is not None
         rgb = _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), SIZE)
         t2 = clock()
         depth = np.frombuffer(zlib.decompress(fr.depth), "<u2").reshape(480, 640)
