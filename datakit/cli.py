@@ -229,6 +229,26 @@ def verify(dataset: str, quiet: bool) -> None:
                f"verified in {report.location}")
 
 
+@main.command()
+@click.argument("dataset")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Contact sheet PNG.")
+@click.option("--html", default=None, type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML page (images embedded, sample JSON beside).")
+@click.option("--n", default=8, show_default=True, type=click.IntRange(min=1), help="Samples (rows).")
+@click.option("--seed", default=0, show_default=True, help="Which samples, views and pairs are shown.")
+@click.option("--split", default=None, help="Only this split (default: all).")
+def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: str | None) -> None:
+    """Contact sheet of N samples: RGB, depth, labels, both views, crops and positive pairs."""
+    from datakit.preview import PreviewConfig, torch_pair_rule
+    from datakit.preview import preview as run_preview
+    from training.losses import DepthRule, positive_pairs
+
+    result = run_preview(dataset, out, html=html, config=PreviewConfig(n=n, seed=seed, split=split),
+                         pair_rule=torch_pair_rule(positive_pairs, DepthRule()))
+    click.echo(f"{len(result.rows)} samples from {len(result.stats.shards_opened)} shards -> {out}"
+               + (f", {html}" if html else ""))
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 
@@ -256,6 +276,9 @@ def demo(out: str, num: int, val: int, workers: int) -> None:
     ctx.invoke(info, dataset=data, as_json=False)
     click.echo("[3] verify")
     ctx.invoke(verify, dataset=data, quiet=True)
+    click.echo("[4] preview")
+    ctx.invoke(preview, dataset=data, out=os.path.join(out, "preview.png"),
+               html=os.path.join(out, "preview.html"), n=8, seed=0, split=None)
     click.echo(f"demo outputs are in {os.path.abspath(out)}: dataset {os.path.abspath(data)}")
 
 
