@@ -1,0 +1,360 @@
+"""The GPU path of the paired views: JPEGs decoded by nvJPEG, crop-resize and colour ops batched.
+
+Loader workers still read the shards, decode depth/label PNGs and draw every random parameter on the
+CPU (:func:`prepare_encoded`, same generator and same nearest-neighbour depth as the CPU path), and
+ship the JPEG bytes untouched. :class:`GpuViews` then decodes the batch on the GPU
+(``torchvision.io.decode_jpeg(device="cuda")``) and resamples each view with separable weight
+matrices that are exactly the antialiased bilinear filter of the CPU path, so both paths give the
+same coords and the same geometry. Colour ops follow torchvision's tensor semantics in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datakit import schema
+from datakit.errors import SampleError
+from datakit.views import (
+    BATCH_KEYS,
+    ViewConfig,
+    ViewParams,
+    is_periodic,
+    nearest_indices,
+    sample_pair,
+    sample_seed,
+    view_coords,
+)
+
+_RGB_EXTS = schema.FIELD_BY_NAME["rgb"].extensions
+_JPEG_EXTS = tuple(e for e in _RGB_EXTS if e.endswith(("jpg", "jpeg")))
+
+
+@dataclass
+class EncodedPair:
+    """A sample ready for the GPU: RGB still encoded (or decoded HWC uint8 when not JPEG), depth
+    and label views already resampled on the CPU, every random parameter drawn."""
+
+    key: str
+    image: np.ndarray
+    is_jpeg: bool
+    height: int
+    width: int
+    params: tuple[ViewParams, ViewParams]
+    coords: tuple[np.ndarray, np.ndarray]
+    depth: tuple[np.ndarray, np.ndarray] | None
+    label: tuple[np.ndarray, np.ndarray] | None
+    periodic: bool
+
+
+def _decode_members(key: str, members: dict[str, bytes]) -> tuple[dict[str, Any], bytes | None, str]:
+    """Decode every declared member but a JPEG RGB; returns (decoded fields, jpeg bytes, rgb ext)."""
+    decoded: dict[str, Any] = {}
+    jpeg = None
+    rgb_ext = ""
+    for ext, data in members.items():
+        f = schema.EXTENSION_TO_FIELD.get(ext)
+        if f is None:
+            continue
+        if f.name == "rgb":
+            rgb_ext = ext
+            if ext in _JPEG_EXTS:
+                jpeg = data
+                continue
+        try:
+            decoded[f.name] = schema.CODECS[ext].decode(data)
+        except SampleError as exc:
+            raise SampleError(f"{key}.{ext}: {exc}") from None
+    if not rgb_ext or "meta" not in decoded:
+        raise SampleError(f"{key}: missing rgb or metadata member")
+    return decoded, jpeg, rgb_ext
+
+
+def prepare_encoded(sample: dict[str, Any], cfg: ViewConfig, *, seed: int, epoch: int) -> EncodedPair:
+    """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair`."""
+    key = sample["__key__"]
+    members = {k: v for k, v in sample.items() if not k.startswith("__")}
+    decoded, jpeg, _ = _decode_members(key, members)
+    meta = decoded["meta"]
+    if jpeg is not None:
+        h, w = int(meta["height"]), int(meta["width"])
+        image = np.frombuffer(jpeg, np.uint8)
+    else:
+        image = decoded["rgb"]
+        h, w = image.shape[:2]
+    schema.validate_meta(meta, key=key, width=w, height=h)
+    raw, label = decoded.get("depth"), decoded.get("label")
+    for name, arr in (("depth", raw), ("label", label)):
+        if arr is not None and arr.shape != (h, w):
+            raise SampleError(f"{key}: {name} is {arr.shape}, image is {h}x{w}")
+    periodic = bool(meta.get("periodic_x", False))
+    wrap = periodic and cfg.periodic_roll
+    params = sample_pair(sample_seed(seed, epoch, key), h, w, cfg, periodic=periodic)
+    scale = np.float32(meta["depth_scale"])
+    depths, labels, coords = [], [], []
+    for p in params:
+        ys, xs = nearest_indices(p.box, p.flip, cfg.size, h, w, periodic=wrap)
+        coords.append(view_coords(p.box, p.flip, cfg.size, h, w))
+        if raw is not None:
+            depths.append(raw.take(ys, axis=0).take(xs, axis=1).astype(np.float32) * scale)
+        if label is not None and cfg.labels:
+            labels.append(label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
+    return EncodedPair(
+        key, image, jpeg is not None, h, w, params, (coords[0], coords[1]),
+        (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
+        periodic,
+    )
+
+
+def encode_decoded(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator) -> EncodedPair:
+    """An already decoded sample as an :class:`EncodedPair` (RGB uploaded raw); for tests/tools."""
+    h, w = sample.rgb.shape[:2]
+    periodic = is_periodic(sample)
+    wrap = periodic and cfg.periodic_roll
+    params = sample_pair(rng, h, w, cfg, periodic=periodic)
+    depths, labels, coords = [], [], []
+    for p in params:
+        ys, xs = nearest_indices(p.box, p.flip, cfg.size, h, w, periodic=wrap)
+        coords.append(view_coords(p.box, p.flip, cfg.size, h, w))
+        if sample.depth is not None:
+            depths.append(sample.depth.take(ys, axis=0).take(xs, axis=1).astype(np.float32))
+        if sample.label is not None and cfg.labels:
+            labels.append(sample.label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
+    return EncodedPair(
+        sample.key, sample.rgb, False, h, w, params, (coords[0], coords[1]),
+        (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
+        periodic,
+    )
+
+
+def collate_encoded(pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: int = 255) -> dict[str, Any]:
+    """Stack :class:`EncodedPair` into CPU tensors (images stay a list: sizes may differ)."""
+    n, s = len(pairs), cfg.size
+    out: dict[str, Any] = {
+        "images": [torch.from_numpy(np.ascontiguousarray(p.image)) for p in pairs],
+        "is_jpeg": [p.is_jpeg for p in pairs],
+        "hw": torch.tensor([[p.height, p.width] for p in pairs], dtype=torch.int64),
+        "boxes": torch.tensor(
+            [[[q.box.left, q.box.top, q.box.width, q.box.height] for q in p.params] for p in pairs],
+            dtype=torch.int64,
+        ),
+        "flip": torch.tensor([[q.flip for q in p.params] for p in pairs], dtype=torch.bool),
+        "jitter": torch.tensor([[q.photometric.jitter for q in p.params] for p in pairs]),
+        "factors": torch.tensor(
+            [[[q.photometric.brightness, q.photometric.contrast, q.photometric.saturation,
+               q.photometric.hue] for q in p.params] for p in pairs], dtype=torch.float32),
+        "order": torch.tensor([[list(q.photometric.order) for q in p.params] for p in pairs]),
+        "grayscale": torch.tensor([[q.photometric.grayscale for q in p.params] for p in pairs]),
+        "blur_sigma": torch.tensor(
+            [[q.photometric.blur_sigma for q in p.params] for p in pairs], dtype=torch.float32),
+        "solarize": torch.tensor([[q.photometric.solarize for q in p.params] for p in pairs]),
+        "periodic": torch.tensor([p.periodic for p in pairs], dtype=torch.bool),
+    }
+    with_labels = cfg.labels and any(p.label is not None for p in pairs)
+    for i in (0, 1):
+        depth = np.zeros((n, 1, s, s), np.float32)
+        label = np.full((n, s, s), ignore_index, np.int64) if with_labels else None
+        for b, p in enumerate(pairs):
+            if p.depth is not None:
+                depth[b, 0] = p.depth[i]
+            if label is not None and p.label is not None:
+                label[b] = p.label[i]
+        out[f"depth{i + 1}"] = torch.from_numpy(depth)
+        out[f"coords{i + 1}"] = torch.from_numpy(np.stack([p.coords[i] for p in pairs]))
+        if label is not None:
+            out[f"label{i + 1}"] = torch.from_numpy(label)
+    return out
+
+
+def resample_weights(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor, size: int,
+                     n_src: int, *, periodic: torch.Tensor) -> torch.Tensor:
+    """Separable resampling matrices (V, size, n_src) of one axis, float32.
+
+    Antialiased bilinear as torch/PIL define it: output pixel c has centre ``start + (c + 0.5) * L /
+    size`` (edge coordinates); taps inside the crop only, triangle of half-width max(L / size, 1),
+    normalised. Flipped views reverse c; periodic views fold columns past the seam back (mod n_src).
+    """
+    dev = start.device
+    scale = length.float() / size  # (V,)
+    inv = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    centre = start.float()[:, None] + (torch.arange(size, device=dev).float()[None] + 0.5) * scale[:, None]
+    wrap = bool(periodic.any())
+    x = torch.arange(2 * n_src if wrap else n_src, device=dev).float()
+    w = (1 - (x[None, None] + 0.5 - centre[..., None]).abs() * inv[:, None, None]).clamp_(min=0)
+    inside = (x[None] >= start[:, None]) & (x[None] < (start + length)[:, None])  # (V, X)
+    w = w * inside[:, None, :]
+    w = w / w.sum(-1, keepdim=True).clamp_(min=1e-12)
+    if wrap:
+        w = w[..., :n_src] + w[..., n_src:]
+    return torch.where(flip[:, None, None], w.flip(1), w)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
+                periodic: torch.Tensor, size: int, *, wrap: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) float images, boxes (N, 2, 4) left/top/width/height, flips (N, 2) ->
+    (N, 2, 3, S, S): both views of each image by two batched matrix products."""
+    n, _, h, w = images.shape
+    b = boxes.reshape(-1, 4)
+    per = periodic.repeat_interleave(2) & wrap
+    rx = resample_weights(b[:, 0], b[:, 2], flips.reshape(-1), size, w, periodic=per)
+    ry = resample_weights(b[:, 1], b[:, 3], torch.zeros_like(per), size, h, periodic=torch.zeros_like(per))
+    rx = rx.view(n, 2, 1, size, w).transpose(-1, -2)
+    ry = ry.view(n, 2, 1, size, h)
+    return ry @ (images[:, None] @ rx)
+
+
+# ------------------------------------------------------------------------------- colour (float)
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (x[:, 0] * _GRAY[0] + x[:, 1] * _GRAY[1] + x[:, 2] * _GRAY[2]).unsqueeze(1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    s = cr / torch.where(eqc, torch.ones_like(maxc), maxc)
+    crd = torch.where(eqc, torch.ones_like(cr), cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1 - s)).clamp(0, 1)
+    q = (v * (1 - s * f)).clamp(0, 1)
+    t = (v * (1 - s * (1 - f))).clamp(0, 1)
+    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
+    a1 = torch.stack((v, q, p, p, t, v), 1)
+    a2 = torch.stack((t, v, v, q, p, p), 1)
+    a3 = torch.stack((p, p, t, v, v, q), 1)
+    a4 = torch.stack((a1, a2, a3), 1)  # (N, 3, 6, H, W)
+    return torch.einsum("nkhw,nckhw->nchw", mask.to(x.dtype), a4)
+
+
+def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
+    f4 = f.view(-1, 1, 1, 1)
+    if op == 0:
+        return (x * f4).clamp_(0, 1)
+    if op == 1:
+        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        return (f4 * x + (1 - f4) * mean).clamp_(0, 1)
+    if op == 2:
+        return (f4 * x + (1 - f4) * _gray(x)).clamp_(0, 1)
+    hsv = _rgb_to_hsv(x)
+    hsv[:, 0] = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
+    return _hsv_to_rgb(hsv)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    radius = int(np.ceil(3 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (N*3, K)
+    n, c, h, w = x.shape
+    y = x.reshape(1, n * c, h, w)
+    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def photometric(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Colour ops on (V, 3, S, S) float in [0, 1], per-view parameters from :func:`collate_encoded`
+    flattened over (B, 2). Only the views an op applies to are computed."""
+    jitter = batch["jitter"].reshape(-1)
+    factors = batch["factors"].reshape(-1, 4)
+    order = batch["order"].reshape(-1, 4)
+    for slot in range(4):
+        for op in range(4):
+            idx = (jitter & (order[:, slot] == op)).nonzero().squeeze(1)
+            if idx.numel():
+                x[idx] = _jitter_op(x[idx], op, factors[idx, op])
+    idx = batch["grayscale"].reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        x[idx] = _gray(x[idx]).expand(-1, 3, -1, -1)
+    sigma = batch["blur_sigma"].reshape(-1)
+    idx = (sigma > 0).nonzero().squeeze(1)
+    if idx.numel():
+        x[idx] = _gaussian_blur(x[idx], sigma[idx])
+    idx = batch["solarize"].reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        xs = x[idx]
+        x[idx] = torch.where(xs >= 128 / 255, 1 - xs, xs)
+    return x
+
+
+class GpuViews:
+    """Turns a :func:`collate_encoded` batch into the SPEC 4 batch dict on ``device``."""
+
+    def __init__(self, cfg: ViewConfig, device: str | torch.device = "cuda") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1)
+
+    def decode(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """(3, H, W) uint8 images on the device; JPEGs through nvJPEG in one batched call."""
+        from torchvision.io import decode_jpeg
+
+        images: list[torch.Tensor | None] = [None] * len(batch["images"])
+        jpeg_idx = [i for i, j in enumerate(batch["is_jpeg"]) if j]
+        if jpeg_idx:
+            if self.device.type == "cuda":
+                dec = decode_jpeg([batch["images"][i] for i in jpeg_idx], device=self.device)
+            else:
+                dec = [decode_jpeg(batch["images"][i]) for i in jpeg_idx]
+            for i, d in zip(jpeg_idx, dec, strict=True):
+                images[i] = d
+        for i, j in enumerate(batch["is_jpeg"]):
+            if not j:
+                images[i] = batch["images"][i].to(self.device, non_blocking=True).permute(2, 0, 1)
+        return [im for im in images if im is not None]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.device
+        images = self.decode(batch)
+        n, s = len(images), cfg.size
+        boxes = batch["boxes"].to(dev, non_blocking=True)
+        flips = batch["flip"].to(dev, non_blocking=True)
+        periodic = batch["periodic"].to(dev, non_blocking=True)
+        views = torch.empty((n, 2, 3, s, s), device=dev)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault((im.shape[1], im.shape[2]), []).append(i)
+        for members in groups.values():
+            idx = torch.tensor(members, device=dev)
+            stack = torch.stack([images[i] for i in members]).float().div_(255)
+            views[idx] = crop_resize(stack, boxes[idx], flips[idx], periodic[idx], s,
+                                     wrap=cfg.periodic_roll).clamp_(0, 1)
+        flat = views.view(n * 2, 3, s, s)
+        if cfg.photometric:
+            params = {k: batch[k].to(dev, non_blocking=True)
+                      for k in ("jitter", "factors", "order", "grayscale", "blur_sigma", "solarize")}
+            flat = photometric(flat, params)
+        flat = (flat - self.mean) / self.std
+        views = flat.view(n, 2, 3, s, s)
+        out: dict[str, torch.Tensor] = {}
+        for k in BATCH_KEYS:
+            if k in ("view1", "view2"):
+                out[k] = views[:, int(k[-1]) - 1].contiguous()
+            elif k in batch:
+                out[k] = batch[k].to(dev, non_blocking=True)
+        return out
+

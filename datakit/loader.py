@@ -1,0 +1,223 @@
+"""The training loader: a dataset path, URL or :class:`~datakit.reader.Dataset` -> batches of SPEC 4.
+
+Shards flow through :func:`datakit.reader.pipeline` (shard shuffle per epoch, node and worker
+splitting, a shuffle buffer), each sample becomes two views in a loader worker, and workers collate
+whole batches. With ``device="cuda"`` workers leave JPEGs encoded and the GPU decodes and resamples
+them (:mod:`datakit.gpu_views`); depth and labels are resampled on the CPU either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from datakit.errors import UsageError
+from datakit.reader import Dataset, decode_wds_sample, open_dataset, pipeline
+from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
+
+
+class _CpuViews:
+    """Worker stage of the CPU path: WebDataset sample dict -> PairedViews."""
+
+    def __init__(self, cfg: ViewConfig, seed: int, epoch: int) -> None:
+        self.cfg, self.seed, self.epoch = cfg, seed, epoch
+
+    def __call__(self, sample: dict[str, Any]) -> PairedViews:
+        decoded = decode_wds_sample(sample)
+        return make_views(decoded, self.cfg, sample_seed(self.seed, self.epoch, decoded.key))
+
+
+class _EncodedViews:
+    """Worker stage of the GPU path: WebDataset sample dict -> EncodedPair."""
+
+    def __init__(self, cfg: ViewConfig, seed: int, epoch: int) -> None:
+        self.cfg, self.seed, self.epoch = cfg, seed, epoch
+
+    def __call__(self, sample: dict[str, Any]) -> Any:
+        from datakit.gpu_views import prepare_encoded
+
+        return prepare_encoded(sample, self.cfg, seed=self.seed, epoch=self.epoch)
+
+
+class _Collate:
+    def __init__(self, cfg: ViewConfig, ignore_index: int, encoded: bool) -> None:
+        self.cfg, self.ignore_index, self.encoded = cfg, ignore_index, encoded
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        if self.encoded:
+            from datakit.gpu_views import collate_encoded
+
+            return collate_encoded(items, self.cfg, ignore_index=self.ignore_index)
+        return collate_views(items, self.cfg, ignore_index=self.ignore_index)
+
+
+def _world() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return 0, 1
+
+
+class PairLoader:
+    """An iterable of SPEC 4 batch dicts; ``len()`` is the batches per epoch on this rank.
+
+    Call :meth:`set_epoch` before each epoch (as with DistributedSampler) for a fresh shard order
+    and fresh views; the same (seed, epoch) gives the same batches for a fixed worker count.
+    """
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike[str] | Dataset,
+        batch_size: int,
+        *,
+        views: ViewConfig = ViewConfig(),
+        num_workers: int = 0,
+        seed: int = 0,
+        split: str | None = "train",
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        resampled: bool | None = None,
+        drop_last: bool = True,
+        pin_memory: bool | None = None,
+        device: str = "cpu",
+        epoch_samples: int | None = None,
+        on_error: str = "raise",
+        prefetch_factor: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError(f"batch size must be positive, got {batch_size}")
+        if on_error not in ("raise", "skip"):
+            raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.dataset = (
+            dataset if isinstance(dataset, Dataset) else open_dataset(str(dataset), **(storage_options or {}))
+        )
+        info = self.dataset.info
+        if split is not None and split not in info.splits:
+            if split == "train" and len(info.splits) == 1:
+                split = info.splits[0]
+            else:
+                raise UsageError(f"no split {split!r} in {self.dataset.url}; have {info.splits}")
+        self.split = split
+        self.urls = self.dataset.shard_urls(split)
+        if not self.urls:
+            raise UsageError(f"{self.dataset.url}: no shards for split {split!r}")
+        self.batch_size = batch_size
+        self.views = views
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer if shuffle else 0
+        self.rank, self.world = _world()
+        # Several ranks with uneven shard shares must still agree on the step count: resample.
+        self.resampled = self.world > 1 if resampled is None else resampled
+        self.drop_last = drop_last
+        self.device = device
+        self.gpu = device.startswith("cuda")
+        self.pin_memory = pin_memory
+        self.on_error = on_error
+        self.prefetch_factor = prefetch_factor
+        labels = info.labels or {}
+        self.ignore_index = int(labels.get("ignore_index", 255))
+        self.epoch_samples = epoch_samples or info.num_samples(split)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        per_rank = self.epoch_samples // self.world
+        if self.drop_last:
+            return per_rank // self.batch_size
+        return -(-per_rank // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _pipeline(self) -> Any:
+        import webdataset as wds
+
+        handler = wds.warn_and_continue if self.on_error == "skip" else wds.reraise_exception
+        stage = (_EncodedViews if self.gpu else _CpuViews)(self.views, self.seed, self.epoch)
+        # A per-epoch seed for shard order and buffer; views are seeded per sample key.
+        pipe = pipeline(
+            self.urls,
+            shuffle_shards=self.shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+            split_by_node=self.world > 1,
+            split_by_worker=True,
+            resampled=self.resampled,
+            seed=int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]),
+            handler=handler,
+            decode=False,
+        )
+        pipe.append(wds.map(stage, handler=handler))
+        pipe.append(wds.batched(self.batch_size, collation_fn=_Collate(self.views, self.ignore_index, self.gpu),
+                                partial=not self.drop_last))
+        return pipe
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch
+
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        loader = torch.utils.data.DataLoader(
+            self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kwargs
+        )
+        batches = self._start(loader)
+        gpu_views = None
+        if self.gpu:
+            from datakit.gpu_views import GpuViews
+
+            gpu_views = GpuViews(self.views, self.device)
+        total = len(self)
+        for i, batch in enumerate(batches):
+            if i >= total:
+                break
+            yield gpu_views(batch) if gpu_views is not None else batch
+
+
+    def _start(self, loader: Any) -> Iterator[dict[str, Any]]:
+        """Start the workers. They fork with OpenCV's thread pool off: one thread per worker (the
+        workers are the parallelism), and a child that touches a pool inherited mid-flight hangs."""
+        if self.num_workers == 0:
+            return iter(loader)
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return iter(loader)
+        finally:
+            cv2.setNumThreads(threads)
+
+
+def make_loader(
+    dataset: str | os.PathLike[str] | Dataset,
+    batch_size: int,
+    *,
+    views: ViewConfig = ViewConfig(),
+    num_workers: int = 0,
+    seed: int = 0,
+    **options: Any,
+) -> PairLoader:
+    """Batches of paired views (SPEC 4) from a dataset folder, URL or :class:`Dataset`.
+
+    Each batch is a dict: view1/view2 float32 (B, 3, S, S) normalised; depth1/depth2 float32
+    (B, 1, S, S) physical units, 0 = invalid; coords1/coords2 float32 (B, 4) as docs/views.md
+    defines them; periodic bool (B,); label1/label2 int64 (B, S, S) when the dataset has labels.
+
+    Options (keywords of :class:`PairLoader`): split ("train"), shuffle (True), shuffle_buffer
+    (1000 samples), resampled (endless shard resampling; default on under DDP), drop_last (True),
+    pin_memory (auto), device ("cpu", or "cuda" for the GPU path), epoch_samples (default: the
+    split's count in _info.json), on_error ("raise" or "skip"), prefetch_factor, storage_options.
+    Raises :class:`~datakit.errors.UsageError` for bad arguments and
+    :class:`~datakit.errors.DatasetIncomplete` for a dataset without _info.json.
+    """
+    return PairLoader(dataset, batch_size, views=views, num_workers=num_workers, seed=seed, **options)
