@@ -1,0 +1,389 @@
+"""The losses of training/losses.py against slow loops written straight from SPEC 5, the depth
+filter's properties, and each method's loss falling over a few optimiser steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training import losses
+from training.losses import DepthRule
+
+S = 64  # view side in pixels
+
+
+def random_coords(gen: torch.Generator, b: int) -> torch.Tensor:
+    """Crops inside [0, 1]^2, every other one flipped (x1 > x2)."""
+    lo = torch.rand(b, 2, generator=gen) * 0.5
+    size = 0.2 + torch.rand(b, 2, generator=gen) * 0.5
+    c = torch.cat([lo, lo + size], dim=1)
+    c[1::2] = c[1::2][:, [2, 1, 0, 3]]
+    return c
+
+
+def random_depth(gen: torch.Generator, b: int, invalid: float = 0.3) -> torch.Tensor:
+    blocks = 0.5 + 9.5 * torch.rand(b, 1, 8, 8, generator=gen)  # depth varies between cells
+    d = torch.nn.functional.interpolate(blocks, size=(S, S), mode="nearest")
+    d = d * (1 + 0.2 * torch.rand(b, 1, S, S, generator=gen))
+    d[torch.rand(b, 1, S, S, generator=gen) < invalid] = 0
+    d[:, :, :16, :16] = 0  # whole cells without depth: the fallback
+    return d
+
+
+# --------------------------------------------------------------------------- slow references
+
+
+def slow_centre(coords: list[float], h: int, w: int, r: int, c: int) -> tuple[float, float]:
+    x1, y1, x2, y2 = coords
+    px = (c + 0.5) * S / w - 0.5  # output-pixel position of the cell centre
+    py = (r + 0.5) * S / h - 0.5
+    return x1 + (x2 - x1) * px / (S - 1), y1 + (y2 - y1) * py / (S - 1)
+
+
+def slow_diag(coords: list[float], h: int, w: int) -> float:
+    x1, y1, x2, y2 = coords
+    return math.hypot((x2 - x1) * S / w / (S - 1), (y2 - y1) * S / h / (S - 1))
+
+
+def slow_dist(cq, ck, hq, wq, hk, wk, i, j, periodic, period=1.0) -> float:
+    xi, yi = slow_centre(cq, hq, wq, i // wq, i % wq)
+    xj, yj = slow_centre(ck, hk, wk, j // wk, j % wk)
+    dx = xi - xj
+    if periodic:
+        dx = dx - period * round(dx / period)
+    return math.hypot(dx, yi - yj) / max(slow_diag(cq, hq, wq), slow_diag(ck, hk, wk))
+
+
+def slow_cell_depth(depth: torch.Tensor, h: int, w: int, min_valid: float) -> list[float]:
+    """depth (S, S) of one sample -> per-cell lower median of valid values, 0 if too little."""
+    out = []
+    kh, kw = S // h, S // w
+    for r in range(h):
+        for c in range(w):
+            vals = sorted(
+                float(v)
+                for v in depth[r * kh : (r + 1) * kh, c * kw : (c + 1) * kw].flatten()
+                if v > 0
+            )
+            enough = vals and len(vals) / (kh * kw) >= min_valid
+            out.append(vals[(len(vals) - 1) // 2] if enough else 0.0)
+    return out
+
+
+def slow_depth_ok(zq: list[float], zk: list[float], i: int, j: int, rule: DepthRule) -> bool:
+    a, b = zq[i], zk[j]
+    if a <= 0 or b <= 0:
+        return rule.fallback == "spatial"
+    if rule.mode == "norm":
+        valid = [z for z in zq + zk if z > 0]
+        lo, hi = min(valid), max(valid)
+        a, b = (a - lo) / (hi - lo) if hi > lo else 0.0, (b - lo) / (hi - lo) if hi > lo else 0.0
+    elif rule.mode == "log":
+        a, b = math.log(a), math.log(b)
+    return abs(a - b) < rule.threshold
+
+
+def cos(u: torch.Tensor, v: torch.Tensor) -> float:
+    return float((u @ v) / (u.norm() * v.norm()))
+
+
+def slow_pixpro_direction(
+    y, k, cq, ck, periodic, depth_q=None, depth_k=None, rule=None, radius=0.7
+):
+    """-2 mean_b [sum_ij A_ij <y_i, k_j> / (sum_ij A_ij + 1e-6)], A = spatial AND depth."""
+    y, k = y.double(), k.double()
+    b, _, hq, wq = y.shape
+    hk, wk = k.shape[2:]
+    total = 0.0
+    for s in range(b):
+        zq = slow_cell_depth(depth_q[s, 0], hq, wq, rule.min_valid) if rule else None
+        zk = slow_cell_depth(depth_k[s, 0], hk, wk, rule.min_valid) if rule else None
+        num = den = 0.0
+        for i in range(hq * wq):
+            for j in range(hk * wk):
+                a = (
+                    slow_dist(
+                        cq[s].tolist(), ck[s].tolist(), hq, wq, hk, wk, i, j, bool(periodic[s])
+                    )
+                    < radius
+                )
+                if a and rule:
+                    a = slow_depth_ok(zq, zk, i, j, rule)
+                if a:
+                    num += cos(y[s, :, i // wq, i % wq], k[s, :, j // wk, j % wk])
+                    den += 1
+        total += num / (den + 1e-6)
+    return -2 * total / b
+
+
+# ---------------------------------------------------------------------------------- PixPro
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (4, 4)])
+def test_pixpro_loss_matches_slow_loop(grid: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(1)
+    b, c = 3, 8
+    y1, y2, k1, k2 = (torch.randn(b, c, *grid, generator=gen) for _ in range(4))
+    c1, c2 = random_coords(gen, b), random_coords(gen, b)
+    periodic = torch.tensor([True, False, True])
+    terms = losses.multiscale_pixpro_loss(
+        {"c5": (y1, y2)}, {"c5": (k1, k2)}, (c1, c2), S, weights={"c5": 1.0}, periodic=periodic
+    )
+    slow = slow_pixpro_direction(y1, k2, c1, c2, periodic) + slow_pixpro_direction(
+        y2, k1, c2, c1, periodic
+    )
+    assert float(terms.loss) == pytest.approx(slow, abs=1e-5)
+    assert 0 < float(terms.pos_frac_spatial) < 1  # the test exercises both sides of the rule
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        DepthRule("norm", 0.2, 0.25, "spatial"),
+        DepthRule("log", 0.3, 0.5, "drop"),
+        DepthRule("abs", 2.0, 0.25, "drop"),
+        DepthRule("abs", 2.0, 0.25, "spatial"),
+    ],
+)
+def test_depth_pixpro_matches_slow_loop(rule: DepthRule) -> None:
+    gen = torch.Generator().manual_seed(2)
+    b, c, grid = 2, 6, (4, 4)
+    y1, y2, k1, k2 = (torch.randn(b, c, *grid, generator=gen) for _ in range(4))
+    c1, c2 = random_coords(gen, b), random_coords(gen, b)
+    # overlapping crops so that the depth filter has spatial positives to act on
+    c2 = c1 + 0.05 * torch.randn(b, 4, generator=gen)
+    d1, d2 = random_depth(gen, b), random_depth(gen, b)
+    periodic = torch.tensor([False, True])
+    terms = losses.multiscale_pixpro_loss(
+        {"c5": (y1, y2)},
+        {"c5": (k1, k2)},
+        (c1, c2),
+        S,
+        weights={"c5": 1.0},
+        periodic=periodic,
+        depth=(d1, d2),
+        depth_rule=rule,
+    )
+    slow = slow_pixpro_direction(y1, k2, c1, c2, periodic, d1, d2, rule) + slow_pixpro_direction(
+        y2, k1, c2, c1, periodic, d2, d1, rule
+    )
+    assert float(terms.loss) == pytest.approx(slow, abs=1e-5)
+    assert float(terms.pos_frac) < float(terms.pos_frac_spatial)
+
+
+def test_multiscale_is_the_weighted_sum_of_levels() -> None:
+    gen = torch.Generator().manual_seed(3)
+    b, c = 2, 4
+    grids = {"c3": (8, 8), "c4": (4, 4), "c5": (2, 2)}
+    weights = {"c3": 0.25, "c4": 0.5, "c5": 1.0}
+    y = {
+        lv: (torch.randn(b, c, *g, generator=gen), torch.randn(b, c, *g, generator=gen))
+        for lv, g in grids.items()
+    }
+    k = {
+        lv: (torch.randn(b, c, *g, generator=gen), torch.randn(b, c, *g, generator=gen))
+        for lv, g in grids.items()
+    }
+    c1, c2 = random_coords(gen, b), random_coords(gen, b)
+    c2 = c1 + 0.05 * torch.randn(b, 4, generator=gen)
+    periodic = torch.tensor([False, False])
+    terms = losses.multiscale_pixpro_loss(y, k, (c1, c2), S, weights=weights, periodic=periodic)
+    slow = sum(
+        weights[lv]
+        * (
+            slow_pixpro_direction(y[lv][0], k[lv][1], c1, c2, periodic)
+            + slow_pixpro_direction(y[lv][1], k[lv][0], c2, c1, periodic)
+        )
+        for lv in grids
+    )
+    assert float(terms.loss) == pytest.approx(slow, abs=1e-5)
+
+
+def test_cell_depth_is_the_lower_median_of_valid_depth() -> None:
+    gen = torch.Generator().manual_seed(4)
+    d = random_depth(gen, 2)
+    z = losses.cell_depth(d, 4, 4, min_valid=0.5)
+    for s in range(2):
+        assert z[s].tolist() == pytest.approx(slow_cell_depth(d[s, 0], 4, 4, 0.5), abs=0)
+    assert (z[:, 0] == 0).all()  # the cell with no valid depth
+
+
+def test_periodic_pairs_wrap_across_the_seam() -> None:
+    # two thin crops at opposite edges of a periodic image: neighbours across the seam
+    cq = torch.tensor([[0.0, 0.0, 0.05, 1.0]])
+    ck = torch.tensor([[0.95, 0.0, 1.0, 1.0]])
+    period = 1.0 + 1 / 63  # W / (W - 1) for a 64-pixel-wide source
+    near = losses.pair_distance(
+        cq, ck, (2, 2), (2, 2), S, periodic=torch.tensor([True]), period=period
+    )
+    far = losses.pair_distance(
+        cq, ck, (2, 2), (2, 2), S, periodic=torch.tensor([False]), period=period
+    )
+    assert float(near.min()) < float(far.min()) / 5
+
+
+# ------------------------------------------------------------------------- depth filter properties
+
+
+def piecewise_depth(levels: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    """(B, grid*grid) per-cell depths -> (B, 1, S, S) constant inside each cell."""
+    b = levels.shape[0]
+    return (
+        levels.view(b, 1, grid, 1, grid, 1)
+        .expand(-1, -1, -1, S // grid, -1, S // grid)
+        .reshape(b, 1, S, S)
+    )
+
+
+@pytest.mark.parametrize("mode,threshold", [("norm", 0.2), ("log", 0.1), ("abs", 0.5)])
+def test_depth_filter_removes_exactly_the_pairs_with_different_depth(
+    mode: str, threshold: float
+) -> None:
+    gen = torch.Generator().manual_seed(5)
+    b = 4
+    choices = torch.tensor([1.0, 4.0, 16.0])
+    z1 = choices[torch.randint(0, 3, (b, 16), generator=gen)]
+    z2 = choices[torch.randint(0, 3, (b, 16), generator=gen)]
+    z1[:, 0], z2[:, 0] = 1.0, 16.0  # every sample spans the full range (norm mode)
+    c1 = random_coords(gen, b)
+    c2 = c1 + 0.03 * torch.randn(b, 4, generator=gen)
+    spatial, pos = losses.positive_pairs(
+        c1,
+        c2,
+        (4, 4),
+        (4, 4),
+        S,
+        depth_q=piecewise_depth(z1),
+        depth_k=piecewise_depth(z2),
+        depth_rule=DepthRule(mode, threshold),
+    )
+    same = z1[:, :, None] == z2[:, None, :]
+    assert torch.equal(pos, spatial & same)
+    assert (spatial & ~same).any() and (spatial & same).any()
+
+
+def test_depth_filter_with_equal_depth_is_pixpro_exactly() -> None:
+    gen = torch.Generator().manual_seed(6)
+    b, c = 3, 8
+    y = {"c5": (torch.randn(b, c, 4, 4, generator=gen), torch.randn(b, c, 4, 4, generator=gen))}
+    k = {"c5": (torch.randn(b, c, 4, 4, generator=gen), torch.randn(b, c, 4, 4, generator=gen))}
+    c1, c2 = random_coords(gen, b), random_coords(gen, b)
+    flat = torch.full((b, 1, S, S), 2.5)
+    plain = losses.multiscale_pixpro_loss(y, k, (c1, c2), S, weights={"c5": 1.0})
+    for mode in losses.DEPTH_MODES:
+        with_depth = losses.multiscale_pixpro_loss(
+            y, k, (c1, c2), S, weights={"c5": 1.0}, depth=(flat, flat), depth_rule=DepthRule(mode)
+        )
+        assert torch.equal(with_depth.loss, plain.loss)
+        assert torch.equal(with_depth.pos_frac, plain.pos_frac_spatial)
+
+
+def test_depth_fallback_keeps_or_drops_cells_without_depth() -> None:
+    z_q = torch.tensor([[0.0, 2.0]])
+    z_k = torch.tensor([[2.0, 0.0]])
+    keep = losses.depth_agreement(z_q, z_k, fallback="spatial")
+    drop = losses.depth_agreement(z_q, z_k, fallback="drop")
+    assert keep.tolist() == [[[True, True], [True, True]]]
+    assert drop.tolist() == [[[False, False], [True, False]]]
+    with pytest.raises(ValueError):
+        losses.depth_agreement(z_q, z_k, mode="nope")
+
+
+# ---------------------------------------------------------------------------------- PixCon
+
+
+def slow_info_nce(q, k, queue, tau):
+    logits = [cos(q, k) / tau] + [cos(q, n) / tau for n in queue]
+    m = max(logits)
+    return -(logits[0] - m - math.log(sum(math.exp(v - m) for v in logits)))
+
+
+def test_info_nce_matches_slow_loop() -> None:
+    gen = torch.Generator().manual_seed(7)
+    q, k, queue = (
+        torch.randn(5, 8, generator=gen),
+        torch.randn(5, 8, generator=gen),
+        torch.randn(16, 8, generator=gen),
+    )
+    fast = losses.info_nce(q, k, queue, tau=0.2)
+    slow = [slow_info_nce(q[i].double(), k[i].double(), queue.double(), 0.2) for i in range(5)]
+    assert fast.tolist() == pytest.approx(slow, abs=1e-5)
+
+
+def slow_inside(coords_q, coords_k, h, w, i, periodic, period=1.0) -> bool:
+    x, y = slow_centre(coords_q, h, w, i // w, i % w)
+    x1, y1, x2, y2 = coords_k
+    hx, hy = 0.5 * (x2 - x1) / (S - 1), 0.5 * (y2 - y1) / (S - 1)
+    lo_x, hi_x = sorted((x1 - hx, x2 + hx))
+    lo_y, hi_y = sorted((y1 - hy, y2 + hy))
+    in_x = (x - lo_x) % period <= hi_x - lo_x if periodic else lo_x <= x <= hi_x
+    return in_x and lo_y <= y <= hi_y
+
+
+@pytest.mark.parametrize("matching", ["feature", "coord"])
+@pytest.mark.parametrize("reweight", [True, False])
+def test_dense_pixcon_loss_matches_slow_loop(matching: str, reweight: bool) -> None:
+    gen = torch.Generator().manual_seed(8)
+    b, cb, d, grid, tau = 2, 6, 5, (4, 4), 0.2
+    bq, bk = torch.randn(b, cb, *grid, generator=gen), torch.randn(b, cb, *grid, generator=gen)
+    q, k = torch.randn(b, d, *grid, generator=gen), torch.randn(b, d, *grid, generator=gen)
+    queue = torch.randn(12, d, generator=gen)
+    cq = random_coords(gen, b)
+    ck = cq + torch.tensor([0.15, 0.1, 0.15, 0.1])  # partial overlap: cells inside and outside
+    periodic = torch.tensor([True, False])
+    shape = grid
+    # the fast path, as methods.PixCon composes it
+    sim = losses.backbone_similarity(bq, bk)
+    if matching == "feature":
+        idx, valid = losses.match_feature(sim)
+    else:
+        idx, valid = losses.match_coord(
+            losses.pair_distance(cq, ck, shape, shape, S, periodic=periodic)
+        )
+    w = valid.float()
+    if reweight:
+        w = w * losses.semantic_weights(
+            sim.amax(2), losses.inside_crop(cq, ck, shape, S, periodic=periodic)
+        )
+    fast = losses.dense_info_nce(q, k, queue, idx, w, tau=tau)
+    # the slow loop from SPEC 5
+    n = grid[0] * grid[1]
+    num = den = 0.0
+    for s in range(b):
+        bvec = lambda t, i: t[s, :, i // grid[1], i % grid[1]].double()  # noqa: E731
+        sims = [[cos(bvec(bq, i), bvec(bk, j)) for j in range(n)] for i in range(n)]
+        svals = [max(row) for row in sims]
+        inside = [
+            slow_inside(cq[s].tolist(), ck[s].tolist(), *grid, i, bool(periodic[s]))
+            for i in range(n)
+        ]
+        outside_s = [svals[i] for i in range(n) if not inside[i]]
+        assert outside_s and any(inside)
+        for i in range(n):
+            if matching == "feature":
+                j, ok = max(range(n), key=lambda j: sims[i][j]), True
+            else:
+                dists = [
+                    slow_dist(cq[s].tolist(), ck[s].tolist(), *grid, *grid, i, j, bool(periodic[s]))
+                    for j in range(n)
+                ]
+                j = min(range(n), key=lambda j: dists[j])
+                ok = dists[j] < 0.7
+            wi = 1.0
+            if reweight and not inside[i]:
+                wi = (svals[i] - min(svals)) / (max(outside_s) - min(svals))
+            wi = wi * wi if reweight else wi
+            wi = wi if ok else 0.0
+            ce = slow_info_nce(bvec(q, i), bvec(k, j), queue.double(), tau)
+            num += wi * ce
+            den += wi
+    assert float(fast) == pytest.approx(num / (den + 1e-6), abs=1e-5)
+
+
+def test_semantic_weights_are_one_inside_and_scaled_outside() -> None:
+    s = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+    inside = torch.tensor([[True, False, False, False]])
+    w = losses.semantic_weights(s, inside)
+    assert w[0].tolist() == pytest.approx([1.0, 0.0, 1.0, (0.2 / 0.4) ** 2])

@@ -1,0 +1,291 @@
+"""The training loop behind ``datakit train``.
+
+One process per device; under ``torchrun`` the processes form a DDP group (NCCL on CUDA, gloo on
+CPU) and each reads its own shards. ``cfg.batch_size`` is the global batch of one optimiser step:
+each rank's loader batch is ``batch_size / (world_size * accum_steps)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from datakit.errors import UsageError
+from training import checkpoint
+from training.config import TrainConfig, dump_yaml, resolve, to_dict
+from training.data import BatchStream, split_size
+from training.methods import MomentumMethod, StepOutput, build_method, momentum_at
+from training.metrics import MetricsLog
+from training.optim import build_optimizer, lr_at
+
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    step: int
+    loss: float
+    checkpoint: Path
+
+
+def start_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device and join the process group that ``torchrun`` describes in the environment."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(device, rank, world, local_rank)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.method`` and write RUN/last.pt, RUN/config.yaml, RUN/metrics.jsonl (+ tb/).
+
+    Raises :class:`~datakit.errors.UsageError` for contradicting settings (batch not divisible, a
+    RUN that already holds a checkpoint without ``resume``) and DatakitError for bad data.
+    """
+    rt = start_runtime(cfg)
+    try:
+        return _train(cfg, rt)
+    finally:
+        if rt.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _configure_determinism(cfg: TrainConfig, rt: Runtime) -> None:
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4 and k.startswith("view"):
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def _mean_across_ranks(values: dict[str, Tensor], rt: Runtime) -> dict[str, float]:
+    names = sorted(values)
+    if not names:
+        return {}
+    t = torch.stack([values[n].detach().float() for n in names])
+    if rt.distributed:
+        dist.all_reduce(t)
+        t = t / rt.world
+    return dict(zip(names, t.tolist(), strict=True))
+
+
+def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str, Any] | None, Any]:
+    from datakit.reader import open_dataset
+
+    run = Path(cfg.out)
+    ckpt_path = run / checkpoint.CHECKPOINT_NAME
+    state = None
+    if ckpt_path.exists():
+        if not cfg.resume:
+            raise UsageError(
+                f"{run} already holds {ckpt_path.name}: pass --resume or choose another --out"
+            )
+        state = checkpoint.load(ckpt_path)
+        for key in ("method", "arch"):
+            if state[key] != getattr(cfg, key):
+                raise UsageError(
+                    f"--resume: {ckpt_path} was trained with {key} {state[key]!r}, not {getattr(cfg, key)!r}"
+                )
+    elif cfg.resume and rt.main:
+        print(f"datakit train: no {ckpt_path}; starting from step 0", file=sys.stderr)
+    dataset = open_dataset(cfg.data)
+    cfg = resolve(cfg, num_samples=split_size(dataset, cfg.split))
+    per_rank, rem = divmod(cfg.batch_size, rt.world * cfg.accum_steps)
+    if rem or per_rank < 1:
+        raise UsageError(
+            f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
+        )
+    if rt.main:
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / f".{CONFIG_NAME}.tmp"
+        tmp.write_text(dump_yaml(dataclasses.replace(cfg, resume=False)))
+        os.replace(tmp, run / CONFIG_NAME)
+    return cfg, ckpt_path, state, dataset
+
+
+def _build(cfg: TrainConfig, rt: Runtime) -> tuple[MomentumMethod, torch.optim.Optimizer, bool]:
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg).to(rt.device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else rt.device.type == "cuda"
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if rt.distributed and rt.device.type == "cuda" and cfg.sync_bn:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[assignment]
+    return method, build_optimizer(method, cfg), channels_last
+
+
+def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
+    _configure_determinism(cfg, rt)
+    cfg, ckpt_path, state, dataset = _prepare(cfg, rt)
+    assert cfg.lr is not None and cfg.warmup_steps is not None
+    method, optimizer, channels_last = _build(cfg, rt)
+    start, positions = 0, None
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        positions = state["data"]
+        checkpoint.set_rng_state(state["rng"])
+        if len(positions) != rt.world:
+            positions = None  # another world size: streams restart at a fresh epoch
+            start_epoch = int(state["data"][0]["epoch"]) + 1
+        else:
+            start_epoch = 0
+    else:
+        start_epoch = 0
+    model: nn.Module = method
+    if rt.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            method,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and rt.device.type == "cuda")
+    per_rank = cfg.batch_size // (rt.world * cfg.accum_steps)
+    gpu_views = cfg.gpu_views if cfg.gpu_views is not None else rt.device.type == "cuda"
+    stream = BatchStream(
+        dataset,
+        cfg,
+        per_rank=per_rank,
+        position=positions[rt.rank] if positions else {"epoch": start_epoch, "batch": 0},
+        device=str(rt.device) if gpu_views else "cpu",
+    )
+    log = MetricsLog(
+        Path(cfg.out),
+        enabled=rt.main,
+        tensorboard=cfg.tensorboard,
+        progress=cfg.progress,
+        start_step=start,
+        total_steps=cfg.steps,
+    )
+    method.train()
+    last_loss = float("nan")
+    t_log, wait, steps_since = time.perf_counter(), 0.0, 0
+    try:
+        for step in range(start, cfg.steps):
+            lr = lr_at(step, lr=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            m = momentum_at(step, cfg.steps, cfg.ema)
+            method.momentum_update(m)
+            sums: dict[str, Tensor] = {}
+            for micro in range(cfg.accum_steps):
+                t0 = time.perf_counter()
+                batch = _to_device(next(stream), rt.device, channels_last)
+                wait += time.perf_counter() - t0
+                sync = contextlib.nullcontext()
+                if rt.distributed and micro < cfg.accum_steps - 1:
+                    sync = model.no_sync()  # type: ignore[operator]
+                with sync:
+                    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        out: StepOutput = model(batch)
+                    (out.loss / cfg.accum_steps).backward()
+                method.push(out.keys)
+                for k, v in {"loss": out.loss, **out.metrics}.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float() / cfg.accum_steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done, steps_since = step + 1, steps_since + 1
+            log.advance()
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                values = _mean_across_ranks(sums, rt)
+                elapsed = max(time.perf_counter() - t_log, 1e-9)
+                values.update(
+                    lr=lr,
+                    momentum=m,
+                    samples_per_s=cfg.batch_size * steps_since / elapsed,
+                    data_wait=min(wait / elapsed, 1.0),
+                    epoch=float(stream.position["epoch"]),
+                )
+                last_loss = values["loss"]
+                log.log(done, values)
+                t_log, wait, steps_since = time.perf_counter(), 0.0, 0
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                _save(ckpt_path, cfg, method, optimizer, done, stream, rt)
+    finally:
+        stream.close()
+        log.close()
+    return TrainResult(Path(cfg.out), cfg.steps, last_loss, ckpt_path)
+
+
+def _save(
+    path: Path,
+    cfg: TrainConfig,
+    method: MomentumMethod,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    stream: BatchStream,
+    rt: Runtime,
+) -> None:
+    positions: list[Any] = [stream.position]
+    if rt.distributed:
+        positions = [None] * rt.world
+        dist.all_gather_object(positions, stream.position)
+    if not rt.main:
+        return
+    checkpoint.save(
+        path,
+        {
+            "format": checkpoint.FORMAT,
+            "step": step,
+            "method": cfg.method,
+            "arch": cfg.arch,
+            "config": to_dict(cfg),
+            "backbone": {k: v.detach().cpu() for k, v in method.backbone.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "data": positions,
+            "rng": checkpoint.rng_state(),
+        },
+    )
