@@ -79,8 +79,8 @@ class WellStats:
     windows: int
     index_name: str
     index_unit: str
-    top: float
-    bottom: float
+    top: float | None
+    bottom: float | None
     image_members: tuple[str, ...]
     image_unit: str
     image_lo: float | None
@@ -402,8 +402,8 @@ def _well_stats(unit_id: str, log: WellLog, c: BoreholeConfig) -> WellStats:
         windows=num_windows(log.rows, c.window, c.stride),
         index_name=log.index_name,
         index_unit=log.index_unit,
-        top=float(log.index[0]) if log.rows else math.nan,
-        bottom=float(log.index[-1]) if log.rows else math.nan,
+        top=float(log.index[0]) if log.rows else None,
+        bottom=float(log.index[-1]) if log.rows else None,
         image_members=log.image.members,
         image_unit=log.image.unit,
         image_lo=lo,

@@ -252,7 +252,12 @@ def _hdf5_tables(path: Path) -> Iterator[list[_Table]]:
         found: dict[str, tuple[str | None, int | None]] = {}
 
         def visit(name: str, obj: Any) -> None:
-            usable = isinstance(obj, h5py.Dataset) and obj.ndim in (1, 2) and obj.shape[0] == rows
+            usable = (
+                isinstance(obj, h5py.Dataset)
+                and obj.ndim in (1, 2)
+                and obj.shape[0] == rows
+                and obj.dtype.kind in "fiu"
+            )
             if usable and name != INDEX_NAME:
                 found[name] = (_attr_unit(obj.attrs), 1 if obj.ndim == 1 else obj.shape[1])
 

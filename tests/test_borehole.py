@@ -508,3 +508,26 @@ def test_workers_give_the_same_shards(tmp_path: Path) -> None:
         infos.append(json.loads((out / "_info.json").read_text()))
     assert infos[0]["shards"] == infos[1]["shards"] and infos[0]["borehole"] == infos[1]["borehole"]
     assert infos[0]["splits"]["train"]["num_samples"] == 4
+
+
+def test_dlis_tenth_inch_index_logged_upwards(tmp_path: Path) -> None:
+    """DLIS habits: index in '0.1 in', decreasing (logged upwards) -> inches, increasing."""
+    log = make_log(rows=64)
+    up = replace(
+        with_rows(log, slice(None, None, -1)), index=log.index[::-1] * 10, index_unit="0.1 in"
+    )
+    got = read_well_log(write_log(up, tmp_path, "dlis"), "AMP", "TT")
+    assert got.index_unit == "in" and np.allclose(got.index, log.index)
+    assert np.array_equal(
+        got.image.values,
+        read_well_log(write_log(log, tmp_path, "npz"), "AMP").image.values,
+        equal_nan=True,
+    )
+
+
+def test_empty_log_is_reported(tmp_path: Path) -> None:
+    path = write_log(with_rows(make_log(rows=8, nulls=False), slice(0, 0)), tmp_path, "npz")
+    conv = converter(path, image="AMP", depth="TT")
+    json.dumps(conv.info().extra, allow_nan=False)
+    (item,) = run(conv)
+    assert isinstance(item, Skipped) and "fewer than one window" in item.reason
