@@ -1,0 +1,268 @@
+"""Paired views: geometry by property (images that encode their own x, y), depth exactness, colour
+ops never touching depth, determinism, periodic wrap, overlap, and CPU/GPU-path agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datakit.errors import UsageError
+from datakit.gpu_views import GpuViews, collate_encoded, encode_decoded
+from datakit.schema import DecodedSample
+from datakit.views import (
+    BATCH_KEYS,
+    Box,
+    ViewConfig,
+    cell_centres,
+    collate_views,
+    make_views,
+    overlap,
+    sample_pair,
+    view_coords,
+)
+
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def coded_sample(w: int, h: int, *, periodic: bool = False, holes: bool = True) -> DecodedSample:
+    """RGB encodes the pixel's own position; depth is a unique id per pixel (0 in a hole)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.zeros((h, w, 3), np.uint8)
+    if periodic:  # x as an angle: smooth across the seam
+        angle = 2 * np.pi * xx / w
+        rgb[..., 0] = np.rint(127.5 + 127 * np.cos(angle))
+        rgb[..., 2] = np.rint(127.5 + 127 * np.sin(angle))
+    else:
+        rgb[..., 0] = xx
+    rgb[..., 1] = yy
+    depth = (yy * w + xx + 1).astype(np.float32)
+    if holes:
+        depth[h // 3 : h // 2, w // 4 : w // 2] = 0
+    label = (xx % 7 + 10 * (yy % 5)).astype(np.uint8)
+    meta = {"periodic_x": periodic, "width": w, "height": h}
+    return DecodedSample(key="k", rgb=rgb, meta=meta, depth=depth, depth_raw=None, label=label)
+
+
+def positions(coords: np.ndarray, size: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixel positions of every output pixel centre, from the documented formula."""
+    t = np.arange(size) / (size - 1)
+    x1, y1, x2, y2 = coords.astype(np.float64)
+    px = (x1 + (x2 - x1) * t) * (w - 1)
+    py = (y1 + (y2 - y1) * t) * (h - 1)
+    return np.broadcast_to(px[None, :], (size, size)), np.broadcast_to(py[:, None], (size, size))
+
+
+def tolerance(box: Box, size: int) -> tuple[float, float]:
+    # uint8 rounding + bilinear clamping at crop edges (0.5 px) + the antialias filter's edge bias
+    # (about a tenth of an output pixel where the triangle is cut by the crop edge).
+    return 1.0 + 0.15 * box.width / size, 1.0 + 0.15 * box.height / size
+
+
+def check_view(view, sample: DecodedSample, size: int, periodic: bool) -> None:
+    h, w = sample.rgb.shape[:2]
+    px, py = positions(view.coords, size, w, h)
+    tx, ty = tolerance(view.box, size)
+    rgb = view.rgb.astype(np.float64)
+    if periodic:
+        angle = np.arctan2(rgb[..., 2] - 127.5, rgb[..., 0] - 127.5)
+        dx = (angle * w / (2 * np.pi) - px + w / 2) % w - w / 2
+    else:
+        dx = rgb[..., 0] - px
+    assert np.abs(dx).max() <= tx + (1.0 if periodic else 0.0)
+    assert np.abs(rgb[..., 1] - py).max() <= ty
+    # Depth: exactly the source value at the nearest source pixel, or 0 where the source is a hole.
+    d = view.depth
+    valid = d > 0
+    ids = d[valid].astype(np.int64) - 1
+    sx, sy = ids % w, ids // w
+    ddx = sx - px[valid]
+    if periodic:
+        ddx = (ddx + w / 2) % w - w / 2
+    eps = 1e-4  # coords are float32
+    assert np.abs(ddx).max(initial=0) <= 0.5 + eps
+    assert np.abs(sy - py[valid]).max(initial=0) <= 0.5 + eps
+    assert np.array_equal(d[valid], sample.depth[sy, sx])
+    # Zeros only where the nearest source pixel (either one, at a float tie) is a hole.
+    near_hole = np.zeros(int((~valid).sum()), bool)
+    for ex in (-eps, eps):
+        for ey in (-eps, eps):
+            nx = np.floor(px[~valid] + 0.5 + ex).astype(np.int64) % w
+            ny = np.clip(np.floor(py[~valid] + 0.5 + ey).astype(np.int64), 0, h - 1)
+            near_hole |= sample.depth[ny, nx] == 0
+    assert near_hole.all()
+    # Labels follow depth's geometry exactly.
+    assert view.label.dtype == np.int64
+    assert np.array_equal(view.label[valid], sample.label[sy, sx].astype(np.int64))
+
+
+@PROPERTY
+@given(
+    w=st.integers(8, 200),
+    h=st.integers(8, 200),
+    size=st.sampled_from([4, 7, 16, 33, 64]),
+    seed=st.integers(0, 2**31),
+    periodic=st.booleans(),
+    scale_lo=st.sampled_from([0.02, 0.08, 0.5]),
+)
+def test_views_agree_with_coords_everywhere(w, h, size, seed, periodic, scale_lo):
+    cfg = ViewConfig(size=size, scale=(scale_lo, 1.0), photometric=False)
+    sample = coded_sample(w, h, periodic=periodic)
+    pair = make_views(sample, cfg, seed)
+    assert pair.periodic == periodic
+    for view in (pair.view1, pair.view2):
+        check_view(view, sample, size, periodic)
+        x1, _, x2, _ = view.coords
+        assert (x1 > x2) == view.flip
+        if not periodic:
+            assert view.coords.min() >= -0.5 / max(min(w, h) - 1, 1) - 1e-6
+            assert view.coords.max() <= 1 + 0.5 / max(min(w, h) - 1, 1) + 1e-6
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**31), periodic=st.booleans())
+def test_colour_ops_never_touch_depth_or_geometry(seed, periodic):
+    sample = coded_sample(64, 48, periodic=periodic)
+    sample.rgb = np.random.default_rng(seed).integers(0, 256, sample.rgb.shape, dtype=np.uint8)
+    on = make_views(sample, ViewConfig(size=32, photometric=True, blur_p=(1.0, 1.0),
+                                       solarize_p=(1.0, 1.0)), seed)
+    off = make_views(sample, ViewConfig(size=32, photometric=False), seed)
+    for a, b in ((on.view1, off.view1), (on.view2, off.view2)):
+        assert a.box == b.box and a.flip == b.flip
+        np.testing.assert_array_equal(a.coords, b.coords)
+        np.testing.assert_array_equal(a.depth, b.depth)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert a.depth.dtype == np.float32
+    assert not np.array_equal(on.view1.rgb, off.view1.rgb)
+
+
+def test_same_seed_same_views_and_other_seed_differs():
+    sample = coded_sample(120, 90)
+    cfg = ViewConfig(size=48)
+    a, b, c = make_views(sample, cfg, 7), make_views(sample, cfg, 7), make_views(sample, cfg, 8)
+    for va, vb in ((a.view1, b.view1), (a.view2, b.view2)):
+        assert va.params == vb.params
+        np.testing.assert_array_equal(va.rgb, vb.rgb)
+        np.testing.assert_array_equal(va.depth, vb.depth)
+    assert a.view1.params != c.view1.params
+
+
+def test_recipe_is_asymmetric_and_switchable():
+    cfg = ViewConfig()
+    draws = [sample_pair(np.random.default_rng(i), 480, 640, cfg) for i in range(400)]
+    blur1 = np.mean([p[0].photometric.blur_sigma > 0 for p in draws])
+    blur2 = np.mean([p[1].photometric.blur_sigma > 0 for p in draws])
+    sol1 = np.mean([p[0].photometric.solarize for p in draws])
+    sol2 = np.mean([p[1].photometric.solarize for p in draws])
+    jit = np.mean([p[0].photometric.jitter for p in draws])
+    flip = np.mean([p[0].flip for p in draws])
+    assert blur1 == 1.0 and 0.04 < blur2 < 0.2
+    assert sol1 == 0.0 and 0.12 < sol2 < 0.3
+    assert 0.7 < jit < 0.9 and 0.4 < flip < 0.6
+    areas = [p[0].box.width * p[0].box.height / (640 * 480) for p in draws]
+    assert 0.07 < min(areas) and max(areas) <= 1.0
+    off = sample_pair(np.random.default_rng(0), 480, 640, dataclasses.replace(cfg, photometric=False))
+    assert off[1].photometric.blur_sigma == 0 and not off[1].photometric.jitter
+
+
+def test_coords_convention_examples():
+    # Whole 640-wide image to 224: first/last output centres sit inside the first/last source pixels.
+    c = view_coords(Box(0, 0, 640, 480), False, 224, 480, 640)
+    np.testing.assert_allclose(c * [639, 479, 639, 479], [0.5 * 640 / 224 - 0.5, 0.5 * 480 / 224 - 0.5,
+                                                          639.5 - 0.5 * 640 / 224, 479.5 - 0.5 * 480 / 224],
+                               rtol=1e-5)
+    f = view_coords(Box(0, 0, 640, 480), True, 224, 480, 640)
+    assert f[0] == c[2] and f[2] == c[0]
+    centres = cell_centres(torch.tensor(np.stack([c, f])), 7, 7, 224)
+    assert centres.shape == (2, 7, 7, 2)
+    # Cell centres of a flipped view mirror those of the unflipped one.
+    torch.testing.assert_close(centres[0, :, :, 0], centres[1, :, :, 0].flip(-1))
+
+
+@given(seed=st.integers(0, 2**31))
+@settings(max_examples=30, deadline=None)
+def test_min_overlap_resamples_view2(seed):
+    cfg = ViewConfig(size=16, scale=(0.2, 1.0), min_overlap=0.5, overlap_tries=50)
+    p1, p2 = sample_pair(np.random.default_rng(seed), 100, 200, cfg)
+    assert overlap(p1.box, p2.box, 200) >= 0.5
+
+
+def test_overlap_wraps_for_periodic():
+    a, b = Box(190, 0, 20, 10), Box(0, 0, 10, 10)
+    assert overlap(a, b, 200) == 0
+    assert overlap(a, b, 200, periodic=True) == 1.0
+
+
+def test_periodic_crops_wrap_and_roll_can_be_switched_off():
+    sample = coded_sample(64, 32, periodic=True)
+    cfg = ViewConfig(size=16, scale=(0.3, 0.6))
+    wrapped = [make_views(sample, cfg, s).view1.box for s in range(200)]
+    assert any(b.left + b.width > 64 for b in wrapped)
+    flat = dataclasses.replace(cfg, periodic_roll=False)
+    boxes = [make_views(sample, flat, s).view1.box for s in range(200)]
+    assert all(b.left + b.width <= 64 for b in boxes)
+
+
+def test_config_validation():
+    with pytest.raises(UsageError):
+        ViewConfig(scale=(0.5, 0.1))
+    with pytest.raises(UsageError):
+        ViewConfig(min_overlap=2.0)
+    with pytest.raises(UsageError):
+        ViewConfig(hflip=1.5)
+
+
+def test_collate_gives_the_spec_batch():
+    samples = [coded_sample(80, 60), coded_sample(80, 60, periodic=True)]
+    samples[1].label = None
+    cfg = ViewConfig(size=24)
+    batch = collate_views([make_views(s, cfg, i) for i, s in enumerate(samples)], cfg)
+    assert tuple(batch) == BATCH_KEYS
+    assert batch["view1"].shape == (2, 3, 24, 24) and batch["view1"].dtype == torch.float32
+    assert batch["depth2"].shape == (2, 1, 24, 24) and batch["depth2"].dtype == torch.float32
+    assert batch["coords1"].shape == (2, 4) and batch["coords1"].dtype == torch.float32
+    assert batch["periodic"].tolist() == [False, True]
+    assert batch["label1"].dtype == torch.int64 and (batch["label1"][1] == 255).all()
+
+
+def gpu_path_matches_cpu_path(device: str) -> None:
+    """The GPU path's resampling (separable weights) against the CPU path, photometric off."""
+    cfg = ViewConfig(size=40, photometric=False)
+    samples = [coded_sample(97, 71), coded_sample(97, 71, periodic=True), coded_sample(50, 130)]
+    for seed in range(5):
+        cpu = [make_views(s, cfg, seed * 10 + i) for i, s in enumerate(samples)]
+        enc = [encode_decoded(s, cfg, np.random.default_rng(seed * 10 + i)) for i, s in enumerate(samples)]
+        gpu = GpuViews(cfg, device)(collate_encoded(enc, cfg))
+        ref = collate_views(cpu, cfg)
+        for k in ("coords1", "coords2", "depth1", "depth2", "label1", "label2", "periodic"):
+            torch.testing.assert_close(gpu[k].cpu(), ref[k], rtol=0, atol=0)
+        std = torch.tensor(cfg.std).view(1, 3, 1, 1) * 255
+        for k in ("view1", "view2"):
+            diff = ((gpu[k].cpu() - ref[k]) * std).abs()
+            assert diff.max() <= 2.5, (seed, k, float(diff.max()))
+
+
+def test_gpu_path_geometry_matches_cpu_path_on_cpu_torch():
+    gpu_path_matches_cpu_path("cpu")
+
+
+def test_gpu_photometric_runs_and_leaves_depth():
+    cfg = ViewConfig(size=32, blur_p=(1.0, 1.0), solarize_p=(0.5, 0.5), grayscale_p=0.5)
+    samples = [coded_sample(64, 48) for _ in range(4)]
+    enc = [encode_decoded(s, cfg, np.random.default_rng(i)) for i, s in enumerate(samples)]
+    batch = collate_encoded(enc, cfg)
+    out = GpuViews(cfg, "cpu")(batch)
+    plain = GpuViews(dataclasses.replace(cfg, photometric=False), "cpu")(batch)
+    assert torch.isfinite(out["view1"]).all()
+    assert not torch.equal(out["view1"], plain["view1"])
+    torch.testing.assert_close(out["depth1"], plain["depth1"], rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_path_geometry_matches_cpu_path_on_cuda():
+    gpu_path_matches_cpu_path("cuda")
