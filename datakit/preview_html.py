@@ -65,6 +65,8 @@ def sample_json(row: PreviewRow) -> dict[str, Any]:
         "meta": row.sample.meta,
         "views": views,
     }
+    if row.sample.label is not None:
+        out["classes_present"] = [int(c) for c in np.unique(row.sample.label)]
     if row.pairs is not None:
         out["pairs"] = {
             "grid": row.pairs.grid,

@@ -35,6 +35,7 @@ TITLE_H, HEADER_H, CAPTION_H = 30, 18, 16
 BAR_W, BAR_TEXT_W = 12, 62
 SWATCH, LEGEND_LINE = 10, 14
 AXIS_LEFT, AXIS_BOTTOM = 64, 18
+MAX_LEGEND = 43  # legend entries per sample (four columns at the default panel height)
 MAX_ASPECT = 2.0  # widest panel = MAX_ASPECT * panel height; wider images shrink to fit
 PANELS = ("rgb", "depth", "label", "view1", "view2", "crops")
 
@@ -66,6 +67,8 @@ class Rect:
 
 @dataclass(frozen=True)
 class LegendEntry:
+    """One legend line; class_id -1 is the closing "+N more" line of a crowded legend."""
+
     class_id: int
     name: str
     rgb: tuple[int, int, int]
@@ -171,12 +174,24 @@ _TAB20 = [
 ]  # fmt: skip
 
 
-def _legend_items(row: PreviewRow, names: list[str], ignore: int | None) -> list[tuple[int, str]]:
-    label = row.sample.label
+def legend_classes(label: np.ndarray | None, ignore: int | None) -> tuple[list[int], int]:
+    """Class ids the legend lists (ascending) and how many present ones it leaves out: all present
+    classes up to MAX_LEGEND, else the MAX_LEGEND most frequent."""
     if label is None:
-        return []
-    present = [int(c) for c in np.unique(label) if int(c) != ignore]
-    return [(c, _ascii(names[c] if c < len(names) else f"class {c}")[:20]) for c in present]
+        return [], 0
+    ids, counts = np.unique(label, return_counts=True)
+    keep = ids != ignore if ignore is not None else np.ones(len(ids), bool)
+    ids, counts = ids[keep], counts[keep]
+    if len(ids) > MAX_LEGEND:
+        top = np.sort(ids[np.argsort(-counts, kind="stable")[:MAX_LEGEND]])
+        return [int(c) for c in top], len(ids) - MAX_LEGEND
+    return [int(c) for c in ids], 0
+
+
+def _legend_items(row: PreviewRow, names: list[str], ignore: int | None) -> list[tuple[int, str]]:
+    ids, more = legend_classes(row.sample.label, ignore)
+    items = [(c, _ascii(names[c] if c < len(names) else f"class {c}")[:20]) for c in ids]
+    return items + ([(-1, f"+{more} more")] if more else [])
 
 
 def _text_width(s: str, scale: float = 0.4) -> int:
@@ -243,7 +258,8 @@ def compute_layout(
         for k, (cid, name) in enumerate(items[i]):
             sx = lp.x2 + 6 + (k // per_col) * col_w
             sy = py + 2 + (k % per_col) * LEGEND_LINE
-            rl.legend.append(LegendEntry(cid, name, palette(cid), Rect(sx, sy, SWATCH, SWATCH)))
+            rgb = palette(cid) if cid >= 0 else BACKGROUND  # -1: the "+N more" line, no swatch
+            rl.legend.append(LegendEntry(cid, name, rgb, Rect(sx, sy, SWATCH, SWATCH)))
         if rl.legend:
             rl.figures["label"] = rl.figures["label"].union(
                 Rect(lp.x2, py, 6 + legend_w, max(pph, per_col * LEGEND_LINE))

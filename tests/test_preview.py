@@ -37,10 +37,12 @@ from datakit.preview_sheet import (
     BOX_RGB,
     INVALID_RGB,
     MARGIN,
+    MAX_LEGEND,
     MUTED,
     REMOVED_RGB,
     ROW_GAP,
     TITLE_H,
+    legend_classes,
     row_height,
 )
 from datakit.storage import Location
@@ -197,6 +199,17 @@ def test_a_legend_entry_for_each_class_present(synthetic_sheet: PreviewResult) -
     assert check_legends(synthetic_sheet) >= 2 * len(synthetic_sheet.rows)
 
 
+def test_a_crowded_legend_keeps_the_most_frequent_classes() -> None:
+    label = np.repeat(np.arange(60, dtype=np.uint16), np.arange(60) + 1)[
+        None, :
+    ]  # class c: c + 1 px
+    label[0, :3] = 255  # classes 0 (1 px) and 1 (2 px) are gone: 58 present
+    ids, more = legend_classes(label, ignore=255)
+    assert len(ids) == MAX_LEGEND and more == 58 - MAX_LEGEND
+    assert ids == list(range(60 - MAX_LEGEND, 60))
+    assert legend_classes(np.array([[1, 2, 2, 255]]), 255) == ([1, 2], 0)
+
+
 def test_pairs_are_the_training_rule_and_removed_ones_drawn_red(
     synthetic_sheet: PreviewResult,
 ) -> None:
@@ -296,6 +309,21 @@ def test_preview_of_1000_samples_reads_only_the_shown_ones(tmp_path: Path) -> No
     result = render(ds, n=3)
     assert len(result.stats.shards_opened) <= 3
     assert result.stats.bytes_read < info.total_bytes() / 2
+
+
+def test_preview_over_http_matches_the_local_one(
+    synthetic_dataset: Path, request: pytest.FixtureRequest
+) -> None:
+    try:
+        url, root = request.getfixturevalue("http_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no http_server fixture")
+    shutil.copytree(synthetic_dataset, root / "preview-ds", dirs_exist_ok=True)
+    remote = render(f"{url}/preview-ds", n=2, seed=5)
+    local = render(synthetic_dataset, n=2, seed=5)
+    assert [r.sample.key for r in remote.rows] == [r.sample.key for r in local.rows]
+    np.testing.assert_array_equal(remote.sheet.image, local.sheet.image)
+    assert len(remote.stats.shards_opened) <= 2
 
 
 # --- every registered converter -----------------------------------------------------------------
