@@ -311,7 +311,11 @@ class GpuViews:
 
     def decode(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """(3, H, W) uint8 images on the device; JPEGs through nvJPEG in one batched call."""
-        from torchvision.io import decode_jpeg
+        import warnings
+
+        with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec; same nvJPEG
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg
 
         images: list[torch.Tensor | None] = [None] * len(batch["images"])
         jpeg_idx = [i for i, j in enumerate(batch["is_jpeg"]) if j]

@@ -55,14 +55,12 @@ class _Collate:
 
 
 def _world() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
+    """(rank, world size) exactly as WebDataset's split_by_node sees them (RANK/WORLD_SIZE
+    environment variables, else an initialised torch.distributed group)."""
+    from webdataset.utils import pytorch_worker_info
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
-    return 0, 1
+    rank, world, _, _ = pytorch_worker_info()
+    return rank, world
 
 
 class PairLoader:

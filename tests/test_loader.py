@@ -1,0 +1,120 @@
+"""The training loader on real shards (the synthetic_dataset fixture): the SPEC 4 batch, epoch
+length from _info.json, determinism, worker and node splitting, and the GPU path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import datakit
+from datakit.errors import DatasetIncomplete, UsageError
+from datakit.loader import make_loader
+from datakit.views import BATCH_KEYS, ViewConfig
+
+SMALL = ViewConfig(size=32)
+
+
+def rows(batches: list[dict], key: str = "coords1") -> list[tuple[float, ...]]:
+    return sorted(tuple(r) for b in batches for r in b[key].tolist())
+
+
+def test_batches_follow_spec(synthetic_dataset):
+    loader = datakit.make_loader(str(synthetic_dataset), 4, views=SMALL, seed=0)
+    assert len(loader) == 16 // 4  # train split of _info.json
+    batches = list(loader)
+    assert len(batches) == 4
+    b = batches[0]
+    assert tuple(b) == BATCH_KEYS  # synthetic data has labels
+    for i in (1, 2):
+        assert b[f"view{i}"].shape == (4, 3, 32, 32) and b[f"view{i}"].dtype == torch.float32
+        assert b[f"depth{i}"].shape == (4, 1, 32, 32) and b[f"depth{i}"].dtype == torch.float32
+        assert b[f"coords{i}"].shape == (4, 4) and b[f"coords{i}"].dtype == torch.float32
+        assert b[f"label{i}"].shape == (4, 32, 32) and b[f"label{i}"].dtype == torch.int64
+    assert b["periodic"].dtype == torch.bool and not b["periodic"].any()
+    assert (b["depth1"] >= 0).all() and (b["depth1"] > 0).any()
+    # Normalised with ImageNet statistics: roughly centred.
+    assert -2.5 < float(b["view1"].mean()) < 2.5
+
+
+def test_same_seed_same_batches_new_epoch_new_views(synthetic_dataset):
+    a = list(make_loader(synthetic_dataset, 4, views=SMALL, seed=3))
+    b = list(make_loader(synthetic_dataset, 4, views=SMALL, seed=3))
+    for x, y in zip(a, b, strict=True):
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+    loader = make_loader(synthetic_dataset, 4, views=SMALL, seed=3)
+    loader.set_epoch(1)
+    c = list(loader)
+    assert rows(a) != rows(c)
+
+
+def test_workers_see_every_sample_once(synthetic_dataset):
+    plain = list(make_loader(synthetic_dataset, 2, views=SMALL, shuffle=False, num_workers=0))
+    split = list(make_loader(synthetic_dataset, 2, views=SMALL, shuffle=False, num_workers=2))
+    # Views are seeded by (seed, epoch, key): the same samples give the same views in any worker.
+    assert rows(plain) == rows(split)
+    assert len(rows(plain)) == 16
+
+
+def test_split_by_node(synthetic_dataset, monkeypatch):
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = make_loader(synthetic_dataset, 2, views=SMALL, resampled=False, shuffle=False)
+        assert len(loader) == 16 // 2 // 2
+        seen.append(rows(list(loader)))
+    assert not set(seen[0]) & set(seen[1])
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert sorted(seen[0] + seen[1]) == rows(list(make_loader(synthetic_dataset, 2, views=SMALL,
+                                                               shuffle=False)))
+
+
+def test_resampled_epoch_length_and_val_split(synthetic_dataset):
+    loader = make_loader(synthetic_dataset, 3, views=SMALL, resampled=True, epoch_samples=30)
+    assert len(list(loader)) == len(loader) == 10
+    val = make_loader(synthetic_dataset, 4, views=SMALL, split="val", drop_last=False)
+    assert sum(b["view1"].shape[0] for b in val) == 8
+
+
+def test_bad_arguments(synthetic_dataset, tmp_path):
+    with pytest.raises(UsageError):
+        make_loader(synthetic_dataset, 0)
+    with pytest.raises(UsageError):
+        make_loader(synthetic_dataset, 2, split="nope")
+    with pytest.raises(DatasetIncomplete):
+        make_loader(tmp_path, 2)
+
+
+def gpu_batches(dataset, device: str) -> tuple[list[dict], list[dict]]:
+    cfg = ViewConfig(size=32, photometric=False)
+    cpu = list(make_loader(dataset, 4, views=cfg, shuffle=False))
+    loader = make_loader(dataset, 4, views=cfg, shuffle=False, device="cuda", num_workers=1)
+    loader.device = device  # the GPU path's kernels also run on CPU torch
+    return cpu, list(loader)
+
+
+def check_gpu_path(dataset, device: str) -> None:
+    cpu, gpu = gpu_batches(dataset, device)
+    assert len(cpu) == len(gpu)
+    for c, g in zip(cpu, gpu, strict=True):
+        assert tuple(g) == tuple(c)
+        assert g["view1"].device.type == device
+        for k in ("coords1", "coords2", "depth1", "depth2", "label1", "label2", "periodic"):
+            torch.testing.assert_close(g[k].cpu(), c[k], rtol=0, atol=0)
+        # JPEG decoders differ (nvJPEG vs libjpeg-turbo) by a few levels; geometry must not.
+        std = torch.tensor(ViewConfig().std).view(1, 3, 1, 1) * 255
+        diff = ((g["view1"].cpu() - c["view1"]) * std).abs()
+        assert float(diff.mean()) < 2.0
+
+
+def test_gpu_path_workers_and_kernels_on_cpu_torch(synthetic_dataset):
+    check_gpu_path(synthetic_dataset, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_path_agrees_with_cpu_path(synthetic_dataset):
+    check_gpu_path(synthetic_dataset, "cuda")
