@@ -330,7 +330,7 @@ def preview(
     if html is not None:
         from datakit.preview_html import page_html
 
-        _write(html, page_html(sheet, rows, info, title=title, source=location.display).encode())
+        _write(html, page_html(sheet, rows, title=title, source=location.display).encode())
     return PreviewResult(sheet, rows, info, location, stats)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datakit.manifest import DatasetInfo
 from datakit.preview import PreviewRow
 from datakit.preview_sheet import PANELS, Sheet
 
@@ -77,9 +76,7 @@ def sample_json(row: PreviewRow) -> dict[str, Any]:
     return out
 
 
-def page_html(
-    sheet: Sheet, rows: list[PreviewRow], info: DatasetInfo, *, title: str, source: str
-) -> str:
+def page_html(sheet: Sheet, rows: list[PreviewRow], *, title: str, source: str) -> str:
     """The page as a string: a header, then per sample its panels (cropped from the sheet, with
     their colour bar, legend and axes) and its JSON. Image count = 6 x samples."""
     esc = html.escape

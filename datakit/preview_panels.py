@@ -41,10 +41,11 @@ def draw_row(
     row: PreviewRow,
     rl: RowLayout,
     *,
-    names: list[str],
     ignore: int | None,
     unit: str,
 ) -> None:
+    """Draw one sample's header, captions and panels at the positions ``rl`` gives; records the
+    colour bar in ``rl``. ``unit``: the dataset's depth unit (the sample's when empty)."""
     s = row.sample
     unit = unit or str(s.meta.get("depth_unit", ""))
     put_text(canvas, rl.header, rl.panels["rgb"].x, rl.rect.y + HEADER_H - 5, scale=0.42)

@@ -301,10 +301,10 @@ def render_sheet(
     canvas = np.empty((layout.height, layout.width, 3), np.uint8)
     canvas[:] = BACKGROUND
     put_text(canvas, _ascii(title), MARGIN, MARGIN + 18, scale=0.55, thickness=1)
-    names, ignore = class_names(info)
+    _, ignore = class_names(info)
     unit = str((info.depth or {}).get("unit") or "")
     for row, rl in zip(rows, layout.rows):
-        draw_row(canvas, row, rl, names=names, ignore=ignore, unit=unit)
+        draw_row(canvas, row, rl, ignore=ignore, unit=unit)
     return Sheet(canvas, layout)
 
 
