@@ -47,9 +47,23 @@ class GuardedGroup(click.Group):
 
 @click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="datakit")
-def main() -> None:
-    """RGB-D datasets to verified WebDataset shards, and pixel-level contrastive pretraining."""
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="Keep a local copy of every remote shard read and reuse it while unchanged "
+                   "(env DATAKIT_CACHE_DIR).")
+@click.option("--on-shard-error", type=click.Choice(["fail", "skip"]), default=None,
+              help="A remote shard still unreadable after retries: stop (default) or log and skip it "
+                   "(env DATAKIT_ON_SHARD_ERROR).")
+def main(cache_dir: str | None, on_shard_error: str | None) -> None:
+    """RGB-D datasets to verified WebDataset shards, and pixel-level contrastive pretraining.
+
+    DATASET and OUT are folders or URLs (s3://, gs://, http(s)://); see docs/storage.md.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Storage settings travel as environment variables so that loader worker processes see them.
+    if cache_dir:
+        os.environ["DATAKIT_CACHE_DIR"] = cache_dir
+    if on_shard_error:
+        os.environ["DATAKIT_ON_SHARD_ERROR"] = on_shard_error
 
 
 # --- convert -----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from datakit import schema
 from datakit.errors import DatakitError
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample
-from datakit.storage import Location, register_gopen_handlers
+from datakit.storage import Location, StorageConfig
+from datakit.streaming import ShardSamples
 
 Handler = Callable[[Exception], bool]
 
@@ -29,6 +30,7 @@ class Dataset:
     def __init__(self, location: Location, info: DatasetInfo) -> None:
         self.location = location
         self.info = info
+        self.storage = location.config
 
     @property
     def url(self) -> str:
@@ -45,23 +47,24 @@ class Dataset:
 
     def samples(self, split: str | None = None) -> Iterator[DecodedSample]:
         """Decoded samples of ``split`` (all splits when None), in manifest order."""
-        return iter(pipeline(self.shard_urls(split)))
+        return iter(pipeline(self.shard_urls(split), storage=self.storage))
 
     def take(self, n: int, split: str | None = None) -> list[DecodedSample]:
         """The first ``n`` samples, reading only the shards needed for them."""
         out: list[DecodedSample] = []
         for url in self.shard_urls(split):
-            for s in pipeline([url]):
+            for s in pipeline([url], storage=self.storage):
                 out.append(s)
                 if len(out) >= n:
                     return out
         return out
 
 
-def open_dataset(path_or_url: str, **storage_options: Any) -> Dataset:
+def open_dataset(path_or_url: str, *, storage: StorageConfig | None = None,
+                 **storage_options: Any) -> Dataset:
     """Open a dataset folder or URL. Raises :class:`~datakit.errors.DatasetIncomplete` without
-    ``_info.json``."""
-    location = Location(path_or_url, **storage_options)
+    ``_info.json``. ``storage``: timeouts, retries, cache (default: from ``DATAKIT_*`` variables)."""
+    location = Location(path_or_url, config=storage, **storage_options)
     return Dataset(location, read_info(location))
 
 
@@ -83,16 +86,18 @@ def pipeline(
     seed: int = 0,
     handler: Handler | None = None,
     decode: bool = True,
+    storage: StorageConfig | None = None,
 ) -> Any:
     """The WebDataset pipeline every consumer uses: shard list -> (shuffle) -> node/worker split ->
     tar samples -> (shuffle buffer) -> our decoder.
 
     ``split_by_node`` uses torch.distributed's rank when it is initialised (DDP-safe).
-    ``handler`` decides what a read/decode error does (default: raise).
+    ``handler`` decides what a read/decode error does (default: raise). Shards are streamed by
+    :class:`datakit.streaming.ShardSamples` under ``storage`` (retries, read-ahead, cache,
+    ``on_shard_error``; default: from ``DATAKIT_*`` variables).
     """
     import webdataset as wds
 
-    register_gopen_handlers()
     urls = list(urls)
     if resampled:
         stages: list[Any] = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
@@ -104,7 +109,7 @@ def pipeline(
         stages.append(wds.split_by_node)
     if split_by_worker:
         stages.append(wds.split_by_worker)
-    stages.append(wds.tarfile_to_samples(handler=handler or wds.reraise_exception))
+    stages.append(ShardSamples(storage, handler))
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=_rng(seed)))
     if decode:

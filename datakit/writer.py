@@ -39,7 +39,7 @@ from datakit.manifest import (
     shard_name,
 )
 from datakit.resume import Progress, prepare_output, progress_name
-from datakit.storage import Location
+from datakit.storage import Location, redact_args
 
 ON_ERROR = ("fail", "skip")
 MODES = ("new", "resume", "overwrite")
@@ -292,7 +292,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
     t0 = time.perf_counter()
     loc = Location(out)
     source = converter.info()
-    args = {"source": source.source, **converter.config_dict(), **cfg.output_args()}
+    args = redact_args({"source": source.source, **converter.config_dict(), **cfg.output_args()})
     if cfg.part is not None:
         args["part"], args["num_parts"] = cfg.part, cfg.num_parts
     final_name = INFO_NAME if cfg.part is None else part_manifest_name(cfg.part)
@@ -382,6 +382,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         raise
     finally:
         bar.close()
+        loc.release_scratch(scratch)
 
     errors = [e for s in progress.shards for e in s["errors"]] + pending_errors
     entries = [ShardEntry.from_json(s) for s in progress.shards]

@@ -31,6 +31,29 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real S3 endpoint for the whole session on 127.0.0.1 (SeaweedFS ``weed mini``; moto's server
+    where weed cannot start): ``.endpoint``, ``.access_key``, ``.secret_key``, ``.env()`` (AWS_*
+    variables for monkeypatch), ``.bucket`` (fresh, shared), ``.new_bucket()``. See tests/s3server.py."""
+    from tests.s3server import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3server"))
+    server.bucket = server.new_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``http.server`` on 127.0.0.1 in a thread: yields (base URL, served folder); put files in it."""
+    from tests.s3server import http_server as serve
+
+    root = tmp_path_factory.mktemp("www")
+    with serve(root) as url:
+        yield url, root
+
+
+@pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     """../shared/fixtures beside the repo; tests that need it skip cleanly without it."""
     if not SHARED_FIXTURES.is_dir():

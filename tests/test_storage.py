@@ -1,0 +1,558 @@
+"""Object storage against real servers on 127.0.0.1: SeaweedFS S3 (session fixture ``s3_server``), a
+plain http.server, and a fault-injecting proxy (resets, 503s, truncated bodies, stalls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from datakit.cli import main
+from datakit.errors import DatakitError
+from datakit.reader import open_dataset, pipeline
+from datakit.storage import (
+    Location,
+    StorageConfig,
+    StorageError,
+    TruncatedRead,
+    classify,
+    redact,
+    redact_text,
+    register_url_credentials,
+    retry,
+)
+from datakit.streaming import ShardStream, make_source, open_shard, open_stream
+from tests.s3server import FaultProxy, S3Server
+
+pytestmark = pytest.mark.timeout(180)
+
+FAST = StorageConfig(timeout_s=3, attempts=3, backoff_s=0.05, max_backoff_s=0.2)
+SYN = ["--num", "24", "--val", "8", "--size", "64x48", "--shard-size", "4", "--no-progress"]
+CLEAN_ENV = {k: None for k in ("DATAKIT_CACHE_DIR", "DATAKIT_ON_SHARD_ERROR")}
+
+
+def run(*args: str, env: dict[str, str | None] | None = None) -> Any:
+    return CliRunner().invoke(
+        main, list(args), env={**CLEAN_ENV, **(env or {})}, catch_exceptions=False
+    )
+
+
+def _clear_env(mp: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith(("AWS_", "DATAKIT_")):
+            mp.delenv(k)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> S3Server:
+    """The AWS_* variables of the test server, and nothing else from the host."""
+    _clear_env(monkeypatch)
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+@pytest.fixture(scope="module")
+def datasets(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The same synthetic conversion (24 train + 8 val, 8 shards) to a folder and, through the CLI,
+    straight into the bucket."""
+    local = tmp_path_factory.mktemp("storage") / "syn"
+    url = f"s3://{s3_server.bucket}/syn"
+    with pytest.MonkeyPatch.context() as mp:
+        _clear_env(mp)
+        for k, v in s3_server.env().items():
+            mp.setenv(k, v)
+        for out in (str(local), url):
+            res = run("convert", "synthetic", out, *SYN)
+            assert res.exit_code == 0, res.output
+    return local, url
+
+
+def samples_of(ds_url: str, **kw: Any) -> list[tuple[str, bytes, bytes, str]]:
+    return [
+        (s.key, s.rgb.tobytes(), s.depth_raw.tobytes(), json.dumps(s.meta, sort_keys=True))
+        for s in open_dataset(ds_url, **kw)
+    ]
+
+
+# --- without a server ----------------------------------------------------------------------------
+
+
+def test_redact_hides_credentials_and_signatures():
+    assert redact("s3://AKIA:s3cr3t@bucket/x") == "s3://***@bucket/x"
+    signed = redact("https://h/x.tar?X-Amz-Signature=abc&X-Amz-Credential=k&part=1")
+    assert "abc" not in signed and "part=1" in signed
+    assert "pw" not in redact_text("failed: https://u:pw@host/a and gs://b/c")
+    assert redact("/local/path") == "/local/path"
+
+
+def test_credentials_leave_the_url(monkeypatch):
+    import datakit.storage
+
+    monkeypatch.setattr(datakit.storage, "_CREDENTIALS", {})
+    clean = register_url_credentials("s3://KEY:SECRET@bucket-x/prefix")
+    assert clean == "s3://bucket-x/prefix"
+    loc = Location("s3://KEY:SECRET@bucket-x/prefix")
+    assert "SECRET" not in loc.url + loc.path("a.tar") + repr(loc)
+
+
+def test_classify_errors():
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    def client_error(status: int, code: str) -> ClientError:
+        return ClientError(
+            {
+                "Error": {"Code": code, "Message": code},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "GetObject",
+        )
+
+    assert classify(ConnectionResetError()) == "transient"
+    assert classify(TruncatedRead("short")) == "transient"
+    assert classify(EndpointConnectionError(endpoint_url="http://x")) == "transient"
+    assert classify(client_error(503, "ServiceUnavailable")) == "transient"
+    assert classify(client_error(400, "SlowDown")) == "transient"
+    try:  # s3fs's translation keeps the ClientError as the cause
+        raise OSError(5, "Internal") from client_error(500, "InternalError")
+    except OSError as exc:
+        assert classify(exc) == "transient"
+    assert classify(client_error(404, "NoSuchKey")) == "missing"
+    assert classify(FileNotFoundError("x")) == "missing"
+    assert classify(PermissionError("Forbidden")) == "denied"
+    assert classify(NoCredentialsError()) == "denied"
+    assert classify(ValueError("bad")) == "error"
+
+
+def test_retry_is_bounded_and_only_for_transient_errors():
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset")
+        return "ok"
+
+    assert retry(flaky, "s3://b/k", FAST) == "ok" and len(calls) == 3
+    calls.clear()
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"s3://b/k: unreachable after 3 attempt"):
+        retry(
+            lambda: (calls.append(1), (_ for _ in ()).throw(TimeoutError("slow")))[0],
+            "s3://b/k",
+            FAST,
+        )
+    assert len(calls) == 3 and time.monotonic() - t0 < 2
+    calls.clear()
+    with pytest.raises(StorageError, match="not found"):
+        retry(
+            lambda: (calls.append(1), (_ for _ in ()).throw(FileNotFoundError()))[0],
+            "s3://b/k",
+            FAST,
+        )
+    assert len(calls) == 1
+
+
+def test_config_from_env(monkeypatch):
+    monkeypatch.setenv("DATAKIT_READ_CHUNK", "4M")
+    monkeypatch.setenv("DATAKIT_IO_TIMEOUT", "7.5")
+    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "skip")
+    cfg = StorageConfig.from_env(attempts=2)
+    assert (cfg.chunk_bytes, cfg.timeout_s, cfg.on_shard_error, cfg.attempts) == (
+        4 << 20,
+        7.5,
+        "skip",
+        2,
+    )
+    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "ignore")
+    with pytest.raises(DatakitError, match="on-shard-error"):
+        StorageConfig.from_env()
+
+
+# --- S3: convert, verify, read -------------------------------------------------------------------
+
+
+def test_convert_into_s3_verify_and_same_samples_as_local(aws, datasets):
+    local, url = datasets
+    res = run("verify", url)
+    assert res.exit_code == 0, res.output
+    assert "OK: 8 shards, 32 samples" in res.output
+    info = run("info", url)
+    assert info.exit_code == 0 and "32 in 8 shards" in info.output
+    local_info = json.loads((local / "_info.json").read_text())
+    remote_info = json.loads(Location(url).read_bytes("_info.json"))
+    assert [s["sha256"] for s in remote_info["shards"]] == [
+        s["sha256"] for s in local_info["shards"]
+    ]
+    assert samples_of(url) == samples_of(str(local))
+    ds = open_dataset(url)
+    assert all(s.url.startswith(url + "/train-") for s in ds.take(3))
+
+
+def test_resume_against_the_bucket(aws, datasets):
+    from converters.synthetic import SyntheticConfig, SyntheticConverter
+    from datakit.writer import ConvertConfig, convert
+
+    class Crashing(SyntheticConverter):
+        def convert(self, unit):  # type: ignore[no-untyped-def]
+            if unit.payload[0] >= 12:
+                raise RuntimeError("simulated crash")
+            yield from super().convert(unit)
+
+    cfg = SyntheticConfig(num=24, val=8, size=(64, 48))
+    url = f"s3://{aws.bucket}/resumed"
+    with pytest.raises(RuntimeError):
+        convert(Crashing(cfg), url, ConvertConfig(shard_size=4, progress=False))
+    loc = Location(url)
+    assert loc.exists("_progress.json") and not loc.exists("_info.json")
+    assert loc.exists("train-000001.tar") and not loc.exists("train-000002.tar")
+    convert(
+        SyntheticConverter(cfg), url, ConvertConfig(shard_size=4, progress=False, mode="resume")
+    )
+    assert not loc.exists("_progress.json")
+    local = json.loads((datasets[0] / "_info.json").read_text())
+    assert json.loads(loc.read_bytes("_info.json"))["shards"] == local["shards"]
+
+
+def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
+    _, url = datasets
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    for args in (
+        ["info", url],
+        ["verify", url],
+        ["convert", "synthetic", url + "-new", "--num", "4"],
+    ):
+        res = run(*args)
+        assert res.exit_code != 0
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1, res.output
+        assert "access denied" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0], lines[0]
+        assert "Traceback" not in res.output and "wrong-secret-value" not in res.output
+
+
+def test_credentials_in_the_url_never_reach_output_or_manifest(aws, monkeypatch):
+    import datakit.storage
+
+    monkeypatch.setattr(datakit.storage, "_CREDENTIALS", {})  # what this test registers stays here
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    url = f"s3://{aws.access_key}:{aws.secret_key}@{aws.bucket}/inurl"
+    res = run(
+        "convert",
+        "synthetic",
+        url,
+        "--num",
+        "4",
+        "--size",
+        "32x24",
+        "--shard-size",
+        "2",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    assert aws.secret_key not in res.output
+    client = aws.client()
+    for key in ("inurl/_info.json",):
+        body = client.get_object(Bucket=aws.bucket, Key=key)["Body"].read().decode()
+        assert aws.secret_key not in body and aws.access_key not in body
+    bad = f"s3://{aws.access_key}:not-the-secret@{aws.bucket}/inurl"
+    res = run("info", bad)
+    assert (
+        res.exit_code != 0 and "not-the-secret" not in res.output and "access denied" in res.output
+    )
+
+
+def test_deleted_shard_is_named(aws, datasets, caplog):
+    local = datasets[0]
+    url = f"s3://{aws.bucket}/deleted"
+    Location(url).write_bytes("_info.json", (local / "_info.json").read_bytes())
+    for name in sorted(os.listdir(local)):
+        if name.endswith(".tar") and name != "train-000001.tar":
+            Location(url).put_file(_copy(local / name), name)
+    with pytest.raises(StorageError, match=r"deleted/train-000001\.tar: not found"):
+        samples_of(url)
+    res = run("verify", url)
+    assert res.exit_code == 1 and "train-000001.tar" in res.output
+    with caplog.at_level(logging.WARNING, logger="datakit.storage"):
+        kept = samples_of(url, storage=StorageConfig(on_shard_error="skip"))
+    assert len(kept) == 28 and "train-000001.tar" in caplog.text
+
+
+def _copy(path: Path) -> str:
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp()
+    os.close(fd)
+    shutil.copyfile(path, tmp)
+    return tmp
+
+
+def test_multipart_upload_for_big_shards(aws, tmp_path):
+    data = np.random.default_rng(0).bytes(11 << 20)
+    (tmp_path / "big.tar").write_bytes(data)
+    cfg = StorageConfig(multipart_chunk_bytes=5 << 20)
+    loc = Location(f"s3://{aws.bucket}/big", config=cfg)
+    loc.put_file(str(tmp_path / "big.tar"), "big.tar")
+    etag = aws.client().head_object(Bucket=aws.bucket, Key="big/big.tar")["ETag"].strip('"')
+    assert etag.endswith("-3"), etag  # three parts: 5 + 5 + 1 MiB
+    with loc.open("big.tar") as f:
+        assert f.read() == data
+    small = Location(f"s3://{aws.bucket}/big", config=StorageConfig())
+    (tmp_path / "small.tar").write_bytes(data[: 1 << 20])
+    small.put_file(str(tmp_path / "small.tar"), "small.tar")
+    assert "-" not in aws.client().head_object(Bucket=aws.bucket, Key="big/small.tar")["ETag"]
+
+
+def test_stream_memory_is_bounded_by_chunks(aws):
+    """A 24 MiB object read through 1 MiB chunks, 2 ahead: at most 3 chunks are held."""
+    data = np.random.default_rng(1).bytes(24 << 20)
+    Location(f"s3://{aws.bucket}/mem").write_bytes("blob.bin", data)
+    cfg = StorageConfig(chunk_bytes=1 << 20, readahead=2)
+    stream = ShardStream(make_source(f"s3://{aws.bucket}/mem/blob.bin", cfg), cfg)
+    peak = 0
+    digest = []
+    while True:
+        block = stream.read(256 << 10)
+        if not block:
+            break
+        digest.append(block[:8])
+        held = sum(len(f.result()) for f in list(stream._pending) if f.done()) + len(stream._buf)
+        peak = max(peak, held)
+    stream.close()
+    assert peak <= 3 << 20 and stream.pos == len(data)
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxied(aws, monkeypatch) -> FaultProxy:
+    """GET requests to the S3 server through a fault-injecting proxy."""
+    proxy = FaultProxy(int(aws.endpoint.rsplit(":", 1)[1]), only="GET ")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy
+    proxy.close()
+
+
+def test_transient_faults_are_retried_and_resumed(aws, datasets, proxied):
+    local, _ = datasets
+    name = "train-000000.tar"
+    want = (local / name).read_bytes()
+    cfg = FAST.with_(chunk_bytes=16 << 10, readahead=0, attempts=4)
+    proxied.faults.extend(["reset", "503", ("truncate", 9000), "pass", ("truncate", 900)])
+    with open_stream(f"s3://{aws.bucket}/syn/{name}", cfg) as f:
+        assert f.read() == want
+    gets = [r for r in proxied.requests if r[0].startswith("GET ")]
+    ranges = [r[1] for r in gets]
+    # every range was asked again after its failure, never the shard from the start
+    assert ranges[:6] == ["bytes=0-16383"] * 4 + ["bytes=16384-32767"] * 2, ranges
+    assert not proxied.faults
+
+
+def test_http_resume_after_truncation_without_range_support(datasets, http_server):
+    local, _ = datasets
+    base, root = http_server
+    name = "train-000003.tar"
+    (root / name).write_bytes((local / name).read_bytes())
+    proxy = FaultProxy(int(base.rsplit(":", 1)[1]))
+    try:
+        proxy.faults.extend(["pass", ("truncate", 30000), "503"])
+        cfg = FAST.with_(chunk_bytes=16 << 10, readahead=1)
+        with open_stream(f"{proxy.url}/{name}", cfg) as f:
+            assert f.read() == (local / name).read_bytes()
+    finally:
+        proxy.close()
+
+
+def test_persistent_failure_is_a_bounded_error(aws, datasets, proxied):
+    proxied.faults.extend(["503"] * 100)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"train-000002\.tar: unreachable after 3 attempt"):
+        list(pipeline([f"s3://{aws.bucket}/syn/train-000002.tar"], storage=FAST))
+    assert time.monotonic() - t0 < 10
+
+
+def test_stalled_server_times_out_then_recovers(aws, datasets, proxied):
+    local, _ = datasets
+    name = "val-000000.tar"
+    proxied.faults.append(("stall", 20))
+    cfg = FAST.with_(timeout_s=1.0)
+    t0 = time.monotonic()
+    with open_stream(f"s3://{aws.bucket}/syn/{name}", cfg) as f:
+        assert f.read() == (local / name).read_bytes()
+    assert time.monotonic() - t0 < 10
+
+
+def test_killed_server_is_a_clear_error_and_a_restart_recovers(tmp_path, monkeypatch, datasets):
+    from tests.s3server import start_seaweedfs
+
+    try:
+        server = start_seaweedfs(tmp_path / "s3")
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"weed mini cannot start here: {exc}")
+    try:
+        _clear_env(monkeypatch)
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        bucket = server.new_bucket()
+        url = f"s3://{bucket}/ds"
+        for name in sorted(os.listdir(datasets[0])):
+            if name.endswith(".tar") or name == "_info.json":
+                Location(url).put_file(_copy(datasets[0] / name), name)
+        cfg = FAST.with_(readahead=0)
+        it = iter(open_dataset(url, storage=cfg))
+        first = next(it)
+        server.kill()
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match=rf"{url}/\S+\.tar: unreachable after 3 attempt"):
+            for _ in it:
+                pass
+        assert time.monotonic() - t0 < 15
+        res = run("verify", url, env={"DATAKIT_IO_ATTEMPTS": "2", "DATAKIT_IO_BACKOFF": "0.1"})
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
+        assert "_info.json: unreachable after 2 attempt" in res.output
+        server.restart()
+        again = samples_of(url, storage=StorageConfig(backoff_s=0.2))
+        assert len(again) == 32 and again[0][0] == first.key
+        assert again == samples_of(str(datasets[0]))
+    finally:
+        server.stop()
+
+
+# --- http(s), cache, gopen -----------------------------------------------------------------------
+
+
+def test_http_dataset_reads_like_local(datasets, http_server):
+    local, _ = datasets
+    base, root = http_server
+    import shutil
+
+    shutil.copytree(local, root / "syn", dirs_exist_ok=True)
+    url = f"{base}/syn"
+    assert samples_of(url) == samples_of(str(local))
+    res = run("verify", url)
+    assert res.exit_code == 0, res.output
+    res = run("info", f"{base}/nothing-here")
+    assert res.exit_code != 0 and "_info.json" in res.output
+
+
+def test_cache_dir_serves_the_second_pass(aws, datasets, proxied, tmp_path):
+    local, _ = datasets
+    cfg = FAST.with_(cache_dir=str(tmp_path / "cache"))
+    url = f"s3://{aws.bucket}/syn"
+    first = samples_of(url, storage=cfg)
+    cached = sorted(os.listdir(tmp_path / "cache"))
+    assert len(cached) == 8 and not [n for n in cached if n.startswith(".")]
+    again = open_dataset(url, storage=cfg)  # reads _info.json
+    n_gets = len([r for r in proxied.requests if r[0].startswith("GET ")])
+    proxied.faults.extend(["503"] * 1000)  # every further GET would fail
+    assert [(s.key, s.rgb.tobytes()) for s in again] == [(k, rgb) for k, rgb, _, _ in first]
+    assert len([r for r in proxied.requests if r[0].startswith("GET ")]) == n_gets
+    assert first == samples_of(str(local))
+    proxied.faults.clear()
+    small = cfg.with_(
+        cache_dir=str(tmp_path / "small"),
+        cache_max_bytes=3 * (local / "train-000000.tar").stat().st_size,
+    )
+    samples_of(url, storage=small)
+    assert len(os.listdir(tmp_path / "small")) == 3
+
+
+def test_cache_keeps_no_partial_copy(aws, tmp_path):
+    data = np.random.default_rng(2).bytes(3 << 20)
+    Location(f"s3://{aws.bucket}/partial").write_bytes("blob.tar", data)
+    cfg = FAST.with_(cache_dir=str(tmp_path / "cache"), chunk_bytes=256 << 10)
+    url = f"s3://{aws.bucket}/partial/blob.tar"
+    with open_shard(url, cfg) as f:
+        f.read(1000)  # a reader that stops early (take(n))
+    assert os.listdir(tmp_path / "cache") == []
+    with open_shard(url, cfg) as f:
+        got = 0
+        while got < len(data) - 10000:  # stops in the tar padding: the rest is fetched and kept
+            got += len(f.read(min(1 << 16, len(data) - 10000 - got)))
+    (kept,) = os.listdir(tmp_path / "cache")
+    assert (tmp_path / "cache" / kept).read_bytes() == data
+
+
+def test_webdataset_gopen_handles_s3_urls(aws, datasets):
+    import webdataset as wds
+
+    from datakit.storage import register_gopen_handlers
+
+    register_gopen_handlers()
+    url = f"s3://{aws.bucket}/syn/train-000000.tar"
+    keys = [s["__key__"] for s in wds.WebDataset(url, shardshuffle=False)]
+    with tarfile.open(datasets[0] / "train-000000.tar") as tar:
+        assert keys == sorted({n.split(".")[0] for n in tar.getnames()})
+
+
+# --- DDP ------------------------------------------------------------------------------------------
+
+
+class _Tagged:
+    """An IterableDataset over the pipeline that tags each sample with (rank, worker, shard)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        for s in pipeline(self.urls, split_by_node=True, split_by_worker=True, decode=False):
+            yield (int(os.environ["RANK"]), info.id if info else 0, s["__url__"])
+
+
+def test_two_ranks_two_workers_see_disjoint_shards_covering_all(aws, datasets, monkeypatch):
+    import torch.utils.data
+
+    class DS(_Tagged, torch.utils.data.IterableDataset):
+        pass
+
+    urls = open_dataset(datasets[1]).shard_urls()
+    assert len(urls) == 8
+    seen: dict[tuple[int, int], set[str]] = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        loader = torch.utils.data.DataLoader(DS(urls), batch_size=None, num_workers=2)
+        for r, w, url in loader:
+            seen.setdefault((r, w), set()).add(url)
+    assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    groups = list(seen.values())
+    assert all(len(g) == 2 for g in groups)
+    assert set().union(*groups) == set(urls)
+    assert sum(len(g) for g in groups) == 8  # disjoint
+
+
+def test_reader_memory_does_not_grow_with_the_stream(aws, datasets):
+    """RSS while streaming 120 shards from S3: flat after the first few."""
+    url = f"s3://{aws.bucket}/syn/train-000000.tar"
+    rss: list[int] = []
+    for i, _ in enumerate(pipeline([url] * 120, storage=FAST)):
+        if i % 4 == 3:
+            rss.append(_rss())
+    early, late = max(rss[5:15]), max(rss[-10:])
+    assert late - early < 16 << 20, (early, late)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_local_errors_name_the_file(tmp_path):
+    with pytest.raises(StorageError, match="nope.tar: not found"):
+        list(pipeline([str(tmp_path / "nope.tar")]))
+    (tmp_path / "bad.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(StorageError, match="bad.tar: unreadable shard"):
+        list(pipeline([str(tmp_path / "bad.tar")]))
