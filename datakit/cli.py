@@ -263,6 +263,51 @@ def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: 
                + (f", {html}" if html else ""))
 
 
+# --- eval --------------------------------------------------------------------------------------
+
+
+@main.command("eval")
+@click.option("--data", required=True, help="A labeled dataset (folder or URL).")
+@click.option("--checkpoint", default=None, help="RUN/last.pt, or a backbone .pth from `datakit export`.")
+@click.option("--random-init", is_flag=True, help="Evaluate a randomly initialised --arch (the baseline).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="EVAL.json to write.")
+@click.option("--protocol", type=click.Choice(["linear", "finetune"]), default=None,
+              help="linear: frozen backbone + 1x1 conv (default); finetune: backbone trained too.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML of eval settings (flags win).")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default=None,
+              help="With --random-init (a checkpoint names its own).")
+@click.option("--levels", default=None, help="Feature maps: c5 (default) or c3,c4,c5 (concatenated).")
+@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Short side [224].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[30 linear, 15 finetune]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=float, default=None, help="Head lr (AdamW) [0.01 linear, 0.001 finetune].")
+@click.option("--train-split", default=None, help="[train]")
+@click.option("--eval-split", default=None, help="[val; a held-out 20%% of train when missing]")
+@click.option("--max-train", type=click.IntRange(min=1), default=None)
+@click.option("--max-eval", type=click.IntRange(min=1), default=None)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--seed", type=int, default=None)
+def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> None:
+    """Segmentation probe of a pretrained backbone on DATASET's labels: mIoU and per-class IoU."""
+    from training.config import read_yaml
+    from training.evaluate import build_config, evaluate
+
+    if (flags["checkpoint"] is None) == (not random_init):
+        raise CliError("pass --checkpoint RUN/last.pt, or --random-init for the baseline (not both)", 2)
+    cfg = build_config(("config", read_yaml(config_file) if config_file else {}), ("flags", flags))
+    r = evaluate(cfg, log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"{r['protocol']} probe, {r['arch']} {'+'.join(r['levels'])}: {r['num_train']} train / "
+               f"{r['num_eval']} {r['eval_split']} samples at {r['input_size']['width']}x"
+               f"{r['input_size']['height']} ({r['seconds']:.1f} s)")
+    for name, iou in zip(r["classes"], r["per_class_iou"]):
+        click.echo(f"  {name:<16} {'  n/a' if iou is None else f'{100 * iou:5.1f}'}")
+    miou = "n/a" if r["miou"] is None else f"{100 * r['miou']:.1f}"
+    click.echo(f"  {'mIoU':<16} {miou:>5}   pixel accuracy {100 * (r['pixel_accuracy'] or 0):.1f}  "
+               f"-> {cfg.out}")
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,196 @@
+"""Segmentation evaluation: confusion-matrix scores against hand counts, the probe's capacity (one-hot
+label maps -> ~100% mIoU, random features far lower), the protocols end to end on synthetic shards,
+backbone loading and the ``datakit eval`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from datakit.cli import main
+from datakit.errors import DatakitError
+from training.evaluate import (
+    EvalConfig,
+    eval_size,
+    evaluate,
+    fit_probe,
+    in_holdout,
+    load_backbone,
+    score_head,
+)
+from training.metrics_seg import confusion_matrix, scores
+
+IGNORE = 255
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    # On a shared 2-core machine, two intra-op threads each spinning for a core make these tiny
+    # tensor ops ~20x slower than one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_confusion_matrix_and_scores_match_hand_counts() -> None:
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    conf = confusion_matrix(pred, target, 3, IGNORE)
+    # rows = target, columns = prediction; the ignored pixel (predicted 2) is not counted
+    expected = torch.tensor([[1, 1, 0], [1, 2, 0], [1, 0, 1]])
+    assert torch.equal(conf, expected)
+    s = scores(conf)
+    # IoU_c = TP / (row + column - TP): 1/(2+3-1), 2/(3+3-2), 1/(2+1-1)
+    assert s.iou == pytest.approx([1 / 4, 2 / 4, 1 / 2])
+    assert s.miou == pytest.approx((1 / 4 + 2 / 4 + 1 / 2) / 3)
+    assert s.pixel_accuracy == pytest.approx(4 / 7)
+    assert s.support == [2, 3, 2]
+
+
+def test_absent_class_is_left_out_of_the_mean_and_unknown_targets_ignored() -> None:
+    target = torch.tensor([0, 0, 1, 7])  # 7: outside the label set, not counted
+    pred = torch.tensor([0, 0, 1, 3])
+    s = scores(confusion_matrix(pred, target, 4, IGNORE))
+    assert s.iou[:2] == [1.0, 1.0]
+    assert math.isnan(s.iou[2]) and math.isnan(s.iou[3])
+    assert s.miou == 1.0
+    # a class predicted but never present scores 0 and counts
+    s = scores(confusion_matrix(torch.tensor([0, 2]), torch.tensor([0, 0]), 3, IGNORE))
+    assert s.iou[0] == 0.5 and s.iou[2] == 0.0 and math.isnan(s.iou[1])
+    assert s.miou == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        confusion_matrix(torch.zeros(2), torch.zeros(3), 3, IGNORE)
+
+
+def _blob_labels(n: int, k: int, h: int = 24, w: int = 32, seed: int = 0) -> torch.Tensor:
+    """Label maps of random rectangles of k classes, with an ignored strip."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n, 1, 1)).expand(n, h, w).clone()
+    for i in range(n):
+        for _ in range(4):
+            y0, x0 = torch.randint(0, h - 4, (2,), generator=g).tolist()
+            y1, x1 = y0 + int(torch.randint(4, h // 2, (1,), generator=g)), x0 + 8
+            labels[i, y0:y1, x0:x1] = int(torch.randint(0, k, (1,), generator=g))
+        labels[i, :, -2:] = IGNORE
+    return labels
+
+
+def _probe_miou(features: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    head = fit_probe(
+        {"c5": features[:24]}, labels[:24], num_classes=k, ignore_index=IGNORE, epochs=40, lr=0.05
+    )
+
+    def batcher(idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"c5": features[24:][idx]}, labels[24:][idx]
+
+    s, _ = score_head(
+        head, batcher, len(labels) - 24, num_classes=k, ignore_index=IGNORE, batch_size=8
+    )
+    return s.miou
+
+
+def test_probe_learns_one_hot_labels_and_random_features_score_far_lower() -> None:
+    k = 5
+    labels = _blob_labels(32, k)
+    one_hot = torch.nn.functional.one_hot(labels.clamp(max=k - 1), k).permute(0, 3, 1, 2).float()
+    assert _probe_miou(one_hot, labels, k) > 0.99
+    random = torch.randn(32, 16, 24, 32, generator=torch.Generator().manual_seed(1))
+    assert _probe_miou(random, labels, k) < 0.4
+
+
+def test_eval_size_and_holdout_are_stable() -> None:
+    assert eval_size(72, 96, 96) == (96, 128)
+    assert eval_size(480, 640, 224) == (224, 288)
+    assert eval_size(10, 10, 8) == (32, 32)
+    keys = [f"train_{i:06d}" for i in range(2000)]
+    frac = sum(in_holdout(key, 0.2) for key in keys) / len(keys)
+    assert 0.15 < frac < 0.25
+
+
+def _cfg(data: Path, **kw: object) -> EvalConfig:
+    base: dict[str, object] = dict(
+        data=str(data), arch="resnet18", image_size=32, epochs=2, batch_size=8
+    )
+    base.update(kw)
+    return EvalConfig(**base)  # type: ignore[arg-type]
+
+
+def test_linear_probe_end_to_end_writes_json(synthetic_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    r = evaluate(_cfg(synthetic_dataset, out=str(out), levels=("c3", "c4", "c5")))
+    saved = json.loads(out.read_text())
+    assert saved == r
+    assert 0.0 <= r["miou"] <= 1.0
+    assert r["classes"] == ["floor", "wall", "box", "sphere", "cylinder", "panel"]
+    assert len(r["per_class_iou"]) == 6
+    assert (r["num_train"], r["num_eval"], r["eval_split"]) == (16, 8, "val")
+    assert r["levels"] == ["c3", "c4", "c5"] and r["protocol"] == "linear"
+    assert sum(map(sum, r["confusion"])) == sum(r["support"]) > 0
+
+
+def test_holdout_when_eval_split_missing_and_finetune(synthetic_dataset: Path) -> None:
+    r = evaluate(_cfg(synthetic_dataset, eval_split="test", protocol="finetune", epochs=1))
+    assert r["eval_split"] == "train[held out 20%]"
+    assert r["num_train"] + r["num_eval"] == 16 and r["num_eval"] > 0
+    assert r["protocol"] == "finetune" and 0.0 <= r["miou"] <= 1.0
+
+
+def test_linear_probe_is_deterministic_and_streams_when_cache_is_small(
+    synthetic_dataset: Path,
+) -> None:
+    a = evaluate(_cfg(synthetic_dataset, max_train=8))
+    b = evaluate(_cfg(synthetic_dataset, max_train=8, cache_mb=0))
+    assert a["num_train"] == 8
+    assert a["confusion"] == b["confusion"]
+
+
+def test_load_backbone_from_checkpoint_and_torchvision_state(tmp_path: Path) -> None:
+    net = torchvision.models.resnet18()
+    plain = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), plain)
+    b = load_backbone(str(plain), ("c4", "c5"))
+    assert b.arch == "resnet18" and b.levels == ("c4", "c5")
+    assert torch.equal(b.layer1[0].conv1.weight, net.layer1[0].conv1.weight)
+    ckpt = tmp_path / "last.pt"
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"format": "datakit-train/1", "arch": "resnet18", "backbone": state}, ckpt)
+    assert torch.equal(load_backbone(str(ckpt)).conv1.weight, net.conv1.weight)
+    with pytest.raises(DatakitError, match="no such checkpoint"):
+        load_backbone(str(tmp_path / "missing.pt"))
+    bad = tmp_path / "bad.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(DatakitError, match="does not fit"):
+        load_backbone(str(bad))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(DatakitError, match="not a readable"):
+        load_backbone(str(tmp_path / "junk.pt"))
+
+
+def test_cli_eval(synthetic_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.json"
+    args = [
+        "eval",
+        "--data",
+        str(synthetic_dataset),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+    ]
+    r = CliRunner().invoke(main, [*args, "--random-init", "--arch", "resnet18"])
+    assert r.exit_code == 0, r.output
+    assert "mIoU" in r.output and json.loads(out.read_text())["arch"] == "resnet18"
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "--checkpoint" in r.output
+    r = CliRunner().invoke(main, [*args, "--checkpoint", str(tmp_path / "none.pt")])
+    assert r.exit_code == 1 and "no such checkpoint" in r.output
+    assert "Traceback" not in r.output
