@@ -128,8 +128,8 @@ class BoreholeConverter(Converter):
     name = "borehole"
     Config = BoreholeConfig
     help = (
-        "Borehole image logs (DLIS, LAS 2.0, HDF5, NPZ; a file or a folder of them) cut into windows "
-        "along depth. Azimuth is periodic; the exogenous channel (--depth) becomes depth."
+        "Borehole image logs cut into windows along depth. SRC is a DLIS, LAS 2.0, HDF5 or NPZ log "
+        "or a folder of them; azimuth is periodic; the exogenous channel (--depth) becomes depth."
     )
     params = [
         click.Argument(["src"], type=click.Path(exists=True, path_type=str)),
