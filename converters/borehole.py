@@ -16,8 +16,6 @@ at ``(i + 0.5) * 360 / n``. Invalid image pixels are black (RGB 0; valid values 
 
 from __future__ import annotations
 
-import csv
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,19 +25,14 @@ from typing import Any
 import click
 import numpy as np
 
-from converters.base import Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.welllogs import (
-    READERS,
-    WellLog,
-    convert_units,
-    is_well_log,
-    nice_scale,
-    read_well_log,
-)
+from converters.azimuth import azimuth_plan, resample_periodic
+from converters.base import Converter, Skipped, SourceInfo, WorkUnit, make_meta
+from converters.breakouts import BREAKOUT_LABELS, picks_for, rasterise_breakouts, read_breakouts
+from converters.logunits import convert_units, nice_scale
+from converters.welllogs import READERS, WellLog, is_well_log, read_well_log
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample
 
-BREAKOUT_LABELS = LabelSet("breakouts", ("background", "breakout"), 255)
 DEPTH_LEVELS = 65535  # uint16 codes; 0 = invalid
 
 
@@ -283,7 +276,10 @@ class BoreholeConverter(Converter):
         depth_values = None
         if log.depth is not None:
             depth_values = _to_dataset_unit(log, survey.depth_unit)
-        picks = _picks_for(read_breakouts(c.breakouts), log, unit.id) if c.breakouts else None
+        picks = None
+        if c.breakouts is not None:
+            names = (log.well, unit.id, Path(log.path).stem)
+            picks = picks_for(read_breakouts(c.breakouts), names)
         lut = _colormap_lut(c.colormap)
         image_plan = azimuth_plan(log.image.sectors, c.columns)
         depth_plan = azimuth_plan(log.depth.sectors, c.columns) if log.depth is not None else None
@@ -439,73 +435,6 @@ def num_windows(rows: int, window: int, stride: int) -> int:
     return 0 if rows < window else (rows - window) // stride + 1
 
 
-# --- azimuth resampling ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AzimuthPlan:
-    """``out[:, j] = sum_t w[j, t] * in[:, idx[j, t]]``: periodic, at pixel centres."""
-
-    index: np.ndarray  # (columns, taps) int64, sector indices modulo sectors
-    weight: np.ndarray  # (columns, taps) float64, rows sum to 1
-
-
-def azimuth_plan(sectors: int, columns: int) -> AzimuthPlan:
-    """Linear interpolation when enlarging, area averaging when shrinking; both wrap at 360 deg.
-
-    Positions use exact integer arithmetic, so rolling the input by one sector rolls the output by
-    ``columns / sectors`` columns bit for bit when that ratio is an integer.
-    """
-    j = np.arange(columns, dtype=np.int64)
-    if columns >= sectors:
-        # Column centre j + 0.5 in sector units is ((2j + 1) * sectors) / (2 * columns); sector centres
-        # sit at i + 0.5, so the position between sector centres is that minus 0.5.
-        num = (2 * j + 1) * sectors - columns
-        den = 2 * columns
-        left = num // den
-        frac = (num - left * den) / den
-        index = np.stack([left % sectors, (left + 1) % sectors], axis=1)
-        weight = np.stack([1.0 - frac, frac], axis=1)
-        return AzimuthPlan(index, weight)
-    taps = -(-sectors // columns) + 1
-    index = np.zeros((columns, taps), dtype=np.int64)
-    weight = np.zeros((columns, taps), dtype=np.float64)
-    for col in range(columns):
-        a, b = col * sectors / columns, (col + 1) * sectors / columns
-        first = math.floor(a)
-        for t in range(taps):
-            s = first + t
-            overlap = min(b, s + 1) - max(a, s)
-            if overlap > 0:
-                index[col, t] = s % sectors
-                weight[col, t] = overlap
-    weight /= weight.sum(axis=1, keepdims=True)
-    return AzimuthPlan(index, weight)
-
-
-def resample_periodic(values: np.ndarray, plan: AzimuthPlan) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, sectors) with NaN = invalid -> ((rows, columns) values, (rows, columns) valid).
-
-    An output pixel is valid when valid inputs carry at least half its weight (for interpolation:
-    when its nearest sector is valid); its value is the weighted mean of the valid inputs.
-    """
-    finite = np.isfinite(values)
-    clean = np.where(finite, values, 0.0)
-    weight = finite.astype(np.float64)
-    acc = np.zeros((values.shape[0], plan.index.shape[0]))
-    wsum = np.zeros_like(acc)
-    for t in range(plan.index.shape[1]):
-        m = np.take(weight, plan.index[:, t], axis=1)
-        m *= plan.weight[:, t]
-        v = np.take(clean, plan.index[:, t], axis=1)
-        v *= m
-        acc += v
-        wsum += m
-    valid = wsum >= 0.5
-    out = np.where(valid, acc / np.where(valid, wsum, 1.0), 0.0)
-    return out, valid
-
-
 # --- pixel encodings ---------------------------------------------------------------------------
 
 
@@ -547,98 +476,3 @@ def _colormap_lut(name: str | None) -> np.ndarray | None:
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[1:] = np.rint(cmap(np.linspace(0.0, 1.0, 255))[:, :3] * 255).astype(np.uint8)
     return lut
-
-
-# --- breakout picks ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BreakoutPick:
-    """One breakout lobe: depth interval (the well's index unit) and azimuth centre/width (deg)."""
-
-    top: float
-    bottom: float
-    azimuth: float
-    width: float
-    well: str | None = None
-
-
-_PICK_COLUMNS = {
-    "top": ("top", "depth_top", "top_depth"),
-    "bottom": ("bottom", "depth_bottom", "bottom_depth", "base"),
-    "azimuth": ("azimuth", "azimuth_centre", "azimuth_center", "centre", "center"),
-    "width": ("width", "azimuth_width"),
-    "well": ("well",),
-}
-
-
-def read_breakouts(path: str) -> list[BreakoutPick]:
-    """Picks from a CSV with a header naming top, bottom, azimuth, width (and optionally well), or
-    without header in that order. Raises :class:`SourceError` for a malformed row."""
-    try:
-        with open(path, newline="") as f:
-            rows = [
-                r
-                for r in csv.reader(f)
-                if r and any(x.strip() for x in r) and not r[0].lstrip().startswith("#")
-            ]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(path, f"cannot read breakout picks ({exc})") from None
-    if not rows:
-        return []
-    cols = {"top": 0, "bottom": 1, "azimuth": 2, "width": 3, "well": 4}
-    start = 0
-    if not _is_number(rows[0][0]):
-        header = [h.strip().lower().replace(" ", "_") for h in rows[0]]
-        cols = {}
-        for key, names in _PICK_COLUMNS.items():
-            hit = [i for i, h in enumerate(header) if h in names]
-            if hit:
-                cols[key] = hit[0]
-            elif key != "well":
-                raise SourceError(path, f"header lacks a {key!r} column (have {', '.join(header)})")
-        start = 1
-    picks = []
-    for n, row in enumerate(rows[start:], start=start + 1):
-        try:
-            top, bottom, az, width = (
-                float(row[cols[k]]) for k in ("top", "bottom", "azimuth", "width")
-            )
-        except (ValueError, IndexError):
-            raise SourceError(
-                path, f"row {n}: need numbers for top, bottom, azimuth, width"
-            ) from None
-        if not all(map(math.isfinite, (top, bottom, az, width))) or bottom < top or width <= 0:
-            raise SourceError(path, f"row {n}: need top <= bottom and width > 0")
-        well = row[cols["well"]].strip() if "well" in cols and cols["well"] < len(row) else None
-        picks.append(BreakoutPick(top, bottom, az, width, well or None))
-    return picks
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _picks_for(picks: list[BreakoutPick], log: WellLog, unit_id: str) -> list[BreakoutPick]:
-    names = {log.well.lower(), unit_id.lower(), Path(log.path).stem.lower()}
-    return [p for p in picks if p.well is None or p.well.lower() in names]
-
-
-def rasterise_breakouts(picks: list[BreakoutPick], depths: np.ndarray, columns: int) -> np.ndarray:
-    """(rows, columns) uint8 mask: 1 where a row's depth is within [top, bottom] and the column
-    centre's azimuth within width/2 of the pick's centre, measured around the circle."""
-    label = np.zeros((depths.shape[0], columns), dtype=np.uint8)
-    centres = (np.arange(columns) + 0.5) * 360.0 / columns
-    for p in picks:
-        eps = 1e-9 * max(1.0, abs(p.top), abs(p.bottom))
-        rows = (depths >= p.top - eps) & (depths <= p.bottom + eps)
-        if not rows.any():
-            continue
-        dist = np.abs((centres - p.azimuth + 180.0) % 360.0 - 180.0)
-        cols = dist <= p.width / 2.0 + 1e-9
-        label[np.ix_(rows, cols)] = 1
-    return label

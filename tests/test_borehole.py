@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.azimuth import azimuth_plan, resample_periodic
 from converters.base import Skipped
-from converters.borehole import (
-    BREAKOUT_LABELS,
-    BoreholeConfig,
-    BoreholeConverter,
-    azimuth_plan,
-    num_windows,
-    rasterise_breakouts,
-    read_breakouts,
-    resample_periodic,
-)
-from converters.welllogs import nice_scale, parse_unit, read_well_log
+from converters.borehole import BoreholeConfig, BoreholeConverter, num_windows
+from converters.breakouts import BREAKOUT_LABELS, rasterise_breakouts, read_breakouts
+from converters.logunits import nice_scale, parse_unit
+from converters.welllogs import read_well_log
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample
 from tests.borehole_fixtures import (
