@@ -12,15 +12,15 @@ Positive pairs come from a :class:`PairRule`. The rule of SPEC 5 lives in ``trai
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, Literal, Protocol, cast
 
 import numpy as np
 
 from datakit.errors import DatakitError, UsageError
 from datakit.manifest import DatasetInfo, read_info
-from datakit.reader import iter_tar_members
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
 from datakit.views import PairedViews, View, ViewConfig, cell_centres, make_views, sample_seed
@@ -98,7 +98,8 @@ class ReadStats:
 
 
 class _CountingStream:
-    """A read-only stream wrapper that adds what is read to a :class:`ReadStats`."""
+    """A read-only stream wrapper that adds what is read to a :class:`ReadStats` (seeks pass
+    through, so skipped member data is not counted: it is not read)."""
 
     def __init__(self, raw: IO[bytes], stats: ReadStats) -> None:
         self._raw, self._stats = raw, stats
@@ -108,37 +109,75 @@ class _CountingStream:
         self._stats.bytes_read += len(data)
         return data
 
+    def seekable(self) -> bool:
+        return bool(getattr(self._raw, "seekable", lambda: False)())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def read_shard_samples(stream: IO[bytes], wanted: set[int], where: str) -> dict[int, DecodedSample]:
+    """Decode the samples at positions ``wanted`` of one shard (key = file name up to its first dot,
+    WebDataset's grouping), stopping after the last. A seekable stream (a local file) is walked
+    header by header, seeking over the members of other samples, so a sample deep in a big shard
+    costs a few hundred bytes per sample before it; a forward-only (remote) stream is read up to
+    the last wanted sample. Raises :class:`DatakitError` for a broken tar."""
+    found: dict[int, DecodedSample] = {}
+    last = max(wanted)
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    offset = -1
+    seekable = bool(getattr(stream, "seekable", lambda: False)())
+    mode: Literal["r:", "r|"] = "r:" if seekable else "r|"
+    try:
+        with tarfile.open(fileobj=stream, mode=mode) as tar:
+            for info in tar:
+                k, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
+                if k != key:
+                    if key is not None and offset in wanted:
+                        found[offset] = decode(key, parts, url=where)
+                    key, offset, parts = k, offset + 1, {}
+                    if offset > last:
+                        break
+                if offset in wanted and info.isreg():
+                    member = tar.extractfile(info)
+                    parts[ext] = member.read() if member is not None else b""
+            else:
+                if key is not None and offset in wanted:
+                    found[offset] = decode(key, parts, url=where)
+    except tarfile.TarError as exc:
+        raise DatakitError(f"{where}: broken tar ({exc})") from None
+    return found
+
 
 def read_samples(
     location: Location, refs: list[SampleRef], stats: ReadStats | None = None
 ) -> list[DecodedSample]:
-    """Decode the samples ``refs`` name, streaming each shard only up to its last chosen offset.
+    """Decode the samples ``refs`` name, reading each shard only up to its last chosen offset
+    (:func:`read_shard_samples`).
 
     Raises :class:`DatakitError` when a shard holds fewer samples than its manifest entry says.
     """
     stats = stats if stats is not None else ReadStats()
-    by_shard: dict[str, list[int]] = {}
+    by_shard: dict[str, set[int]] = {}
     for r in refs:
-        by_shard.setdefault(r.shard, []).append(r.offset)
+        by_shard.setdefault(r.shard, set()).add(r.offset)
     found: dict[tuple[str, int], DecodedSample] = {}
-    for shard, offsets in by_shard.items():
-        wanted, last = set(offsets), max(offsets)
+    for shard, wanted in by_shard.items():
         stats.shards_opened.append(shard)
         where = location.path(shard)
         with location.open(shard) as raw:
-            stream = cast(IO[bytes], _CountingStream(raw, stats))
-            members: Iterator[tuple[str, dict[str, bytes]]] = iter_tar_members(stream, where)
-            for offset, (key, parts) in enumerate(members):
-                if offset in wanted:
-                    found[(shard, offset)] = decode(key, parts, url=where)
-                if offset >= last:
-                    break
-        missing = wanted - {o for s, o in found if s == shard}
+            got = read_shard_samples(cast(IO[bytes], _CountingStream(raw, stats)), wanted, where)
+        missing = wanted - set(got)
         if missing:
             raise DatakitError(
                 f"{where}: holds fewer samples than _info.json says "
                 f"(no sample at offset {min(missing)})"
             )
+        found.update({(shard, o): s for o, s in got.items()})
     return [found[(r.shard, r.offset)] for r in refs]
 
 

@@ -21,16 +21,19 @@ import pytest
 from click.testing import CliRunner
 
 import converters
-from converters.base import Converter, SourceInfo, WorkUnit
+from converters.base import Converter, LabelSet, SourceInfo, WorkUnit
+from converters.synthetic import CLASSES
 from datakit.cli import main
 from datakit.manifest import read_info
 from datakit.preview import (
     PreviewConfig,
     PreviewResult,
     ReadStats,
+    _CountingStream,
     choose_samples,
     preview,
     read_samples,
+    read_shard_samples,
     torch_pair_rule,
 )
 from datakit.preview_sheet import (
@@ -253,11 +256,11 @@ class ReplayConverter(Converter):
     name = "replay"
     Config = dict
 
-    def __init__(self, num: int, per_unit: int = 50) -> None:
+    def __init__(self, num: int, size: tuple[int, int] = (64, 48), per_unit: int = 100) -> None:
         from converters.synthetic import SyntheticConfig, render_sample
 
         super().__init__({"num": num})
-        cfg = SyntheticConfig(num=4, size=(32, 24))
+        cfg = SyntheticConfig(num=4, size=size)
         self.frames = [render_sample(cfg, "train", i) for i in range(4)]
         self.num, self.per_unit = num, per_unit
 
@@ -270,45 +273,79 @@ class ReplayConverter(Converter):
             yield replace(f, key=f"s{i:05d}", meta={**f.meta, "id": f"replay/{i:05d}"})
 
     def info(self) -> SourceInfo:
-        return SourceInfo("replay", "m", 0.001)
+        return SourceInfo("replay", "m", 0.001, LabelSet("synthetic6", CLASSES, 255))
 
 
-def sample_end(path: str, offset: int) -> int:
-    """Bytes a reader must consume to have the sample at ``offset`` and see that the next one began."""
+def tar_layout(path: str) -> list[tuple[int, int, int, int]]:
+    """(sample offset, header start, data start, data end) of each member, in archive order."""
+    out, key, offset = [], None, -1
     with tarfile.open(path) as tar:
-        keys, ends = [], []
         for m in tar.getmembers():
             k = m.name.split(".", 1)[0]
-            if not keys or keys[-1] != k:
-                keys.append(k)
-                ends.append(m.offset_data + m.size)
-        return ends[offset + 1] if offset + 1 < len(ends) else Path(path).stat().st_size
+            if k != key:
+                key, offset = k, offset + 1
+            out.append((offset, m.offset, m.offset_data, m.offset_data + m.size))
+    return out
+
+
+def seek_cost(path: str, wanted: set[int]) -> int:
+    """What walking headers costs: the header blocks of every member up to the first one after the
+    last wanted sample, the data of the wanted samples, and one 10 KiB record of slack."""
+    last = max(wanted)
+    cost = 10240
+    for offset, header, data, end in tar_layout(path):
+        if offset > last + 1:
+            break
+        cost += (data - header) + (end - data + 511 if offset in wanted else 0)
+    return cost
+
+
+def stream_cost(path: str, wanted: set[int]) -> int:
+    """What a forward-only read costs: everything up to the end of the first member after the last
+    wanted sample, plus two 10 KiB records of read-ahead."""
+    last = max(wanted)
+    ends = [end for offset, _, _, end in tar_layout(path) if offset <= last + 1]
+    return ends[-1] + 2 * 10240
+
+
+class ForwardOnly:
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
 
 
 def test_preview_of_1000_samples_reads_only_the_shown_ones(tmp_path: Path) -> None:
-    ds = tmp_path / "big"
-    convert(ReplayConverter(1000), str(ds), ConvertConfig(shard_size=250, progress=False))
-    loc = Location(str(ds))
-    info = read_info(loc)
-    assert info.num_samples() == 1000 and len(info.shards) == 4
-    refs = choose_samples(info, 3, seed=0)
-    stats = ReadStats()
-    got = read_samples(loc, refs, stats)
-    assert [s.key for s in got] == [f"s{r.index:05d}" for r in refs]
-    assert sorted(stats.shards_opened) == sorted({r.shard for r in refs})
-    bound = sum(
-        sample_end(loc.path(shard), max(r.offset for r in refs if r.shard == shard)) + 2 * 10240
-        for shard in stats.shards_opened
-    )
-    assert stats.bytes_read <= bound
-    # One sample from the first shard's head: a sliver of the dataset, whatever its size.
-    first = [r for r in choose_samples(info, 1000, 0) if r.offset < 2][:1]
-    head = ReadStats()
-    read_samples(loc, first, head)
-    assert head.shards_opened == [first[0].shard] and head.bytes_read < info.total_bytes() / 100
-    result = render(ds, n=3)
-    assert len(result.stats.shards_opened) <= 3
-    assert result.stats.bytes_read < info.total_bytes() / 2
+    # The default --shard-size: 1,000 samples are one shard; a second copy in shards of 100.
+    for shard_size in (1000, 100):
+        ds = tmp_path / f"big{shard_size}"
+        convert(
+            ReplayConverter(1000), str(ds), ConvertConfig(shard_size=shard_size, progress=False)
+        )
+        loc = Location(str(ds))
+        info = read_info(loc)
+        assert info.num_samples() == 1000 and len(info.shards) == 1000 // shard_size
+        refs = choose_samples(info, 8, seed=0)
+        stats = ReadStats()
+        got = read_samples(loc, refs, stats)
+        assert [s.key for s in got] == [f"s{r.index:05d}" for r in refs]
+        assert sorted(stats.shards_opened) == sorted({r.shard for r in refs})
+        wanted = {sh: {r.offset for r in refs if r.shard == sh} for sh in stats.shards_opened}
+        bound = sum(seek_cost(loc.path(sh), w) for sh, w in wanted.items())
+        assert stats.bytes_read <= bound < info.total_bytes() / 4, (shard_size, stats)
+        if shard_size == 1000:  # the whole command: the same reads
+            result = render(ds, n=8)
+            assert len(result.rows) == 8 and result.stats.bytes_read <= bound
+    # A forward-only (remote) stream is read up to the last wanted sample and no further.
+    path = loc.path(info.shards[3].name)
+    for wanted_offsets in ({0}, {5, 40}):
+        stats = ReadStats()
+        with open(path, "rb") as raw:
+            stream = _CountingStream(ForwardOnly(raw), stats)  # type: ignore[arg-type]
+            got_by_offset = read_shard_samples(stream, wanted_offsets, path)  # type: ignore[arg-type]
+        assert sorted(got_by_offset) == sorted(wanted_offsets)
+        assert stats.bytes_read <= stream_cost(path, wanted_offsets)
 
 
 def test_preview_over_http_matches_the_local_one(
