@@ -33,11 +33,13 @@ class Skipped:
     """A sub-unit (a frame, a window) the converter could not use: ``source`` names it.
 
     With ``--on-error skip`` the writer logs and counts it; with ``fail`` it stops the run with
-    ``"{source}: {reason}"``.
+    ``"{source}: {reason}"``. ``expected`` marks what is a normal part of the data rather than bad
+    input (an all-null window of a well log): it is logged and counted under either policy.
     """
 
     source: str
     reason: str
+    expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def make_meta(
     width: int,
     height: int,
     depth_scale: float,
-    depth_unit: str,
+    depth_unit: str | None,
     intrinsics: dict[str, float] | None = None,
     pose: Any = None,
     **extra: Any,

@@ -292,7 +292,7 @@ class BoreholeConverter(Converter):
             where = f"{log.path}@{z[0]:g}-{z[-1]:g}{log.index_unit}"
             raw = log.image.values[r0:r1]
             if not np.isfinite(raw).any():
-                yield Skipped(where, "all-null window (no valid image sample)")
+                yield Skipped(where, "all-null window (no valid image sample)", expected=True)
                 continue
             values, valid = resample_periodic(raw, image_plan)
             rgb = to_rgb(values, valid, stats.image_lo, stats.image_hi, lut)
@@ -311,7 +311,7 @@ class BoreholeConverter(Converter):
                 width=c.columns,
                 height=c.window,
                 depth_scale=survey.depth_scale or 1.0,
-                depth_unit=survey.depth_unit,  # type: ignore[arg-type]  # None: no depth member
+                depth_unit=survey.depth_unit,  # None: no depth member
                 well=log.well,
                 file=Path(log.path).name,
                 format=log.format,

@@ -124,9 +124,13 @@ class Failure:
 
     source: str
     reason: str
+    expected: bool = False  # a normal gap in the data: counted, never fatal
 
-    def to_json(self) -> dict[str, str]:
-        return {"source": self.source, "reason": self.reason}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "reason": self.reason}
+        if self.expected:
+            out["expected"] = True
+        return out
 
 
 Item = Encoded | Failure
@@ -151,7 +155,7 @@ def encode_unit(converter: Any, unit: Any, cfg: ConvertConfig) -> list[Item]:
     try:
         for s in converter.convert(unit):
             if isinstance(s, Skipped):
-                items.append(Failure(s.source, s.reason))
+                items.append(Failure(s.source, s.reason, s.expected))
                 continue
             members = schema.encode(s, rgb_format=cfg.rgb_format, jpeg_quality=cfg.jpeg_quality)
             items.append(Encoded(s.key, s.split, members, _depth_stats(s)))
@@ -346,7 +350,7 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
                 if u == start_unit and i < start_offset:
                     continue
                 if isinstance(item, Failure):
-                    if cfg.on_error == "fail":
+                    if cfg.on_error == "fail" and not item.expected:
                         raise DatakitError(f"{item.source}: {item.reason}")
                     pending_errors.append(item.to_json())
                     bar.write(f"skipped {item.source}: {item.reason}")

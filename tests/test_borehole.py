@@ -244,10 +244,13 @@ def test_all_null_window_is_skipped_and_counted(tmp_path: Path) -> None:
     from datakit.writer import ConvertConfig, convert
 
     conv = converter(path, image="AMP", window=64, stride=64)
-    result = convert(conv, str(tmp_path / "ds"), ConvertConfig(on_error="skip", progress=False))
+    # Counted, not fatal, under the default --on-error fail: null sections are normal in real logs.
+    result = convert(conv, str(tmp_path / "ds"), ConvertConfig(progress=False))
     assert (result.num_samples, result.skipped) == (2, 1)
     info = json.loads((tmp_path / "ds" / "_info.json").read_text())
     assert info["errors"]["skipped"] == 1 and info["depth"] is None
+    logged = json.loads((tmp_path / "ds" / "errors.jsonl").read_text())
+    assert logged["expected"] is True and "all-null" in logged["reason"]
 
 
 def test_decreasing_index_is_sorted(tmp_path: Path) -> None:
