@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from datakit import schema
-from datakit.errors import SampleError
 from datakit.views import (
     BATCH_KEYS,
     ViewConfig,
@@ -29,9 +28,6 @@ from datakit.views import (
     sample_seed,
     view_coords,
 )
-
-_RGB_EXTS = schema.FIELD_BY_NAME["rgb"].extensions
-_JPEG_EXTS = tuple(e for e in _RGB_EXTS if e.endswith(("jpg", "jpeg")))
 
 
 @dataclass
@@ -51,68 +47,27 @@ class EncodedPair:
     periodic: bool
 
 
-def _decode_members(key: str, members: dict[str, bytes]) -> tuple[dict[str, Any], bytes | None, str]:
-    """Decode every declared member but a JPEG RGB; returns (decoded fields, jpeg bytes, rgb ext)."""
-    decoded: dict[str, Any] = {}
-    jpeg = None
-    rgb_ext = ""
-    for ext, data in members.items():
-        f = schema.EXTENSION_TO_FIELD.get(ext)
-        if f is None:
-            continue
-        if f.name == "rgb":
-            rgb_ext = ext
-            if ext in _JPEG_EXTS:
-                jpeg = data
-                continue
-        try:
-            decoded[f.name] = schema.CODECS[ext].decode(data)
-        except SampleError as exc:
-            raise SampleError(f"{key}.{ext}: {exc}") from None
-    if not rgb_ext or "meta" not in decoded:
-        raise SampleError(f"{key}: missing rgb or metadata member")
-    return decoded, jpeg, rgb_ext
-
-
 def prepare_encoded(sample: dict[str, Any], cfg: ViewConfig, *, seed: int, epoch: int) -> EncodedPair:
-    """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair`."""
-    key = sample["__key__"]
-    members = {k: v for k, v in sample.items() if not k.startswith("__")}
-    decoded, jpeg, _ = _decode_members(key, members)
-    meta = decoded["meta"]
-    if jpeg is not None:
-        h, w = int(meta["height"]), int(meta["width"])
-        image = np.frombuffer(jpeg, np.uint8)
-    else:
-        image = decoded["rgb"]
-        h, w = image.shape[:2]
-    schema.validate_meta(meta, key=key, width=w, height=h)
-    raw, label = decoded.get("depth"), decoded.get("label")
-    for name, arr in (("depth", raw), ("label", label)):
-        if arr is not None and arr.shape != (h, w):
-            raise SampleError(f"{key}: {name} is {arr.shape}, image is {h}x{w}")
-    periodic = bool(meta.get("periodic_x", False))
-    wrap = periodic and cfg.periodic_roll
-    params = sample_pair(sample_seed(seed, epoch, key), h, w, cfg, periodic=periodic)
-    scale = np.float32(meta["depth_scale"])
-    depths, labels, coords = [], [], []
-    for p in params:
-        ys, xs = nearest_indices(p.box, p.flip, cfg.size, h, w, periodic=wrap)
-        coords.append(view_coords(p.box, p.flip, cfg.size, h, w))
-        if raw is not None:
-            depths.append(raw.take(ys, axis=0).take(xs, axis=1).astype(np.float32) * scale)
-        if label is not None and cfg.labels:
-            labels.append(label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
-    return EncodedPair(
-        key, image, jpeg is not None, h, w, params, (coords[0], coords[1]),
-        (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
-        periodic,
-    )
+    """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair` (the JPEG
+    stays encoded; any other RGB is decoded here and uploaded raw)."""
+    from datakit.loader import decode_for_views
+
+    decoded, jpeg = decode_for_views(sample, labels=cfg.labels, rgb=False)
+    if jpeg is None:
+        return encode_decoded(decoded, cfg, sample_seed(seed, epoch, decoded.key))
+    h, w = int(decoded.meta["height"]), int(decoded.meta["width"])
+    return _encode(decoded, cfg, sample_seed(seed, epoch, decoded.key), np.frombuffer(jpeg, np.uint8),
+                   h, w)
 
 
 def encode_decoded(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator) -> EncodedPair:
-    """An already decoded sample as an :class:`EncodedPair` (RGB uploaded raw); for tests/tools."""
+    """An already decoded sample as an :class:`EncodedPair` (RGB uploaded raw)."""
     h, w = sample.rgb.shape[:2]
+    return _encode(sample, cfg, rng, sample.rgb, h, w)
+
+
+def _encode(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator,
+            image: np.ndarray, h: int, w: int) -> EncodedPair:
     periodic = is_periodic(sample)
     wrap = periodic and cfg.periodic_roll
     params = sample_pair(rng, h, w, cfg, periodic=periodic)
@@ -125,7 +80,7 @@ def encode_decoded(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random
         if sample.label is not None and cfg.labels:
             labels.append(sample.label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
     return EncodedPair(
-        sample.key, sample.rgb, False, h, w, params, (coords[0], coords[1]),
+        sample.key, image, image.ndim == 1, h, w, params, (coords[0], coords[1]),
         (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
         periodic,
     )

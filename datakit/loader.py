@@ -14,9 +14,56 @@ from typing import Any
 
 import numpy as np
 
-from datakit.errors import UsageError
-from datakit.reader import Dataset, decode_wds_sample, open_dataset, pipeline
+from datakit import png, schema
+from datakit.errors import SampleError, UsageError
+from datakit.reader import Dataset, open_dataset, pipeline
 from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
+
+_GRAY_FIELDS = ("depth", "label")
+DEFAULT_VIEWS = ViewConfig()  # frozen: safe as a default argument
+
+
+def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool = True,
+                     ) -> tuple[schema.DecodedSample, bytes | None]:
+    """Decode what the views need of a WebDataset sample dict, through the schema's codecs but for
+    single-channel PNGs, which take :mod:`datakit.png`'s fast path where it applies.
+
+    Skips the label member when ``labels`` is False and, when ``rgb`` is False, leaves a JPEG RGB
+    encoded: returns (sample with ``rgb`` None in that case, the JPEG bytes or None).
+    Raises :class:`~datakit.errors.SampleError` like :func:`datakit.schema.decode`.
+    """
+    key = sample["__key__"]
+    decoded: dict[str, Any] = {}
+    jpeg = None
+    for ext, data in sample.items():
+        f = schema.EXTENSION_TO_FIELD.get(ext)
+        if f is None or (f.name == "label" and not labels):
+            continue
+        try:
+            if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
+                jpeg = data
+                continue
+            value = png.decode_gray(data) if f.name in _GRAY_FIELDS else None
+            decoded[f.name] = value if value is not None else schema.CODECS[ext].decode(data)
+        except (SampleError, ValueError) as exc:
+            raise SampleError(f"{key}.{ext}: {exc}") from None
+    if "meta" not in decoded or ("rgb" not in decoded and jpeg is None):
+        raise SampleError(f"{key}: missing rgb or metadata member")
+    meta = decoded["meta"]
+    image = decoded.get("rgb")
+    h, w = image.shape[:2] if image is not None else (int(meta["height"]), int(meta["width"]))
+    schema.validate_meta(meta, key=key, width=w, height=h)
+    raw = decoded.get("depth")
+    for name in _GRAY_FIELDS:
+        arr = decoded.get(name)
+        if arr is not None and arr.shape != (h, w):
+            raise SampleError(f"{key}: {name} is {arr.shape}, image is {h}x{w}")
+    if raw is not None and raw.dtype != np.uint16:
+        raise SampleError(f"{key}: depth must be a 16-bit PNG, got {raw.dtype}")
+    depth = raw.astype(np.float32) * np.float32(meta["depth_scale"]) if raw is not None else None
+    out = schema.DecodedSample(key=key, rgb=image, meta=meta, depth=depth, depth_raw=raw,
+                               label=decoded.get("label"), url=str(sample.get("__url__", "")))
+    return out, jpeg
 
 
 class _CpuViews:
@@ -26,7 +73,7 @@ class _CpuViews:
         self.cfg, self.seed, self.epoch = cfg, seed, epoch
 
     def __call__(self, sample: dict[str, Any]) -> PairedViews:
-        decoded = decode_wds_sample(sample)
+        decoded, _ = decode_for_views(sample, labels=self.cfg.labels)
         return make_views(decoded, self.cfg, sample_seed(self.seed, self.epoch, decoded.key))
 
 
@@ -75,7 +122,7 @@ class PairLoader:
         dataset: str | os.PathLike[str] | Dataset,
         batch_size: int,
         *,
-        views: ViewConfig = ViewConfig(),
+        views: ViewConfig = DEFAULT_VIEWS,
         num_workers: int = 0,
         seed: int = 0,
         split: str | None = "train",
@@ -200,7 +247,7 @@ def make_loader(
     dataset: str | os.PathLike[str] | Dataset,
     batch_size: int,
     *,
-    views: ViewConfig = ViewConfig(),
+    views: ViewConfig = DEFAULT_VIEWS,
     num_workers: int = 0,
     seed: int = 0,
     **options: Any,

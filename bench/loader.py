@@ -1,0 +1,299 @@
+"""Loader throughput: paired 224 px samples/s of datakit's loader against a per-sample PIL +
+torchvision.transforms pipeline doing the same recipe (the way PixPro's reference code loads data).
+
+    python bench/loader.py --data DS                       # per core, ours vs baseline, same run
+    python bench/loader.py --data DS --workers 1,2,4,8,16  # scaling of the CPU path with workers
+    python bench/loader.py --data DS --gpu --workers 16    # GPU path (nvJPEG + batched resampling)
+    python bench/loader.py --make DS --num 512 --size 640x480 --convert-workers 16   # shards first
+
+Per-core numbers run in this process with one thread (num_workers=0), ours and the baseline
+interleaved round by round so that a shared machine's noise hits both, counted per second of this
+process's CPU time (wall time on a busy 2-core machine says more about the neighbours); the ratio is
+of medians.
+Prints one JSON object per measurement and a markdown table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datakit.loader import make_loader  # noqa: E402
+from datakit.reader import open_dataset, pipeline  # noqa: E402
+from datakit.views import ViewConfig  # noqa: E402
+
+# --------------------------------------------------------------------------- the PIL baseline
+
+
+class PixProStyleViews:
+    """One sample -> two views, per sample with PIL and torchvision.transforms (PixPro's loader:
+    RandomResizedCropCoord, flip, RandomApply(ColorJitter), RandomGrayscale, GaussianBlur via
+    ImageFilter, ImageOps.solarize, ToTensor, Normalize), plus depth cropped by NEAREST."""
+
+    def __init__(self, size: int = 224) -> None:
+        from torchvision import transforms as T
+
+        self.size = size
+        self.colour = [
+            T.Compose([
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([self._blur], p=blur),
+                T.RandomApply([self._solarize], p=sol),
+                T.ToTensor(),
+                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ])
+            for blur, sol in ((1.0, 0.0), (0.1, 0.2))
+        ]
+        self.crop = T.RandomResizedCrop(size, scale=(0.08, 1.0))
+
+    @staticmethod
+    def _blur(img: Any) -> Any:
+        import random
+
+        from PIL import ImageFilter
+
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+    @staticmethod
+    def _solarize(img: Any) -> Any:
+        from PIL import ImageOps
+
+        return ImageOps.solarize(img, 128)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        import random
+
+        import torchvision.transforms.functional as F
+        from PIL import Image
+
+        rgb_ext = next(k for k in sample if k.startswith("rgb."))
+        rgb = Image.open(io.BytesIO(sample[rgb_ext])).convert("RGB")
+        meta = json.loads(sample["json"])
+        depth = Image.open(io.BytesIO(sample["depth.png"])) if "depth.png" in sample else None
+        w, h = rgb.size
+        out: dict[str, Any] = {}
+        for v in (0, 1):
+            i, j, ch, cw = self.crop.get_params(rgb, self.crop.scale, self.crop.ratio)
+            img = F.resized_crop(rgb, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.BILINEAR)
+            coord = [j / (w - 1), i / (h - 1), (j + cw - 1) / (w - 1), (i + ch - 1) / (h - 1)]
+            d = None
+            if depth is not None:
+                d = F.resized_crop(depth, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.NEAREST)
+            if random.random() < 0.5:
+                img = F.hflip(img)
+                coord = [coord[2], coord[1], coord[0], coord[3]]
+                d = F.hflip(d) if d is not None else None
+            out[f"view{v + 1}"] = self.colour[v](img)
+            dep = np.asarray(d, dtype=np.float32) * meta["depth_scale"] if d is not None else \
+                np.zeros((self.size, self.size), np.float32)
+            out[f"depth{v + 1}"] = torch.from_numpy(dep)[None]
+            out[f"coords{v + 1}"] = torch.tensor(coord)
+        return out
+
+
+def baseline_loader(urls: list[str], batch: int, workers: int, epoch_samples: int) -> Any:
+    import webdataset as wds
+
+    pipe = pipeline(urls, shuffle_shards=True, shuffle_buffer=256, split_by_worker=True,
+                    resampled=True, decode=False)
+    pipe.append(wds.map(PixProStyleViews()))
+    pipe.append(wds.batched(batch, collation_fn=torch.utils.data.default_collate, partial=False))
+    pipe = pipe.with_epoch(nbatches=max(1, epoch_samples // batch // max(workers, 1)))
+    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers)
+
+
+# --------------------------------------------------------------------------------- measuring
+
+
+def rate(loader: Any, samples: int, *, cuda: bool = False, warmup: int = 1,
+         cpu_time: bool = False) -> float:
+    """Paired samples per second after ``warmup`` batches (startup excluded). ``cpu_time``: per
+    second of this process's CPU time (robust on a shared machine when all work is in-process)."""
+    clock = time.process_time if cpu_time else time.perf_counter
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    if cuda:
+        torch.cuda.synchronize()
+    n, t0 = 0, clock()
+    for batch in it:
+        n += batch["view1"].shape[0]
+        if n >= samples:
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    return n / (clock() - t0)
+
+
+def ours(data: str, batch: int, workers: int, samples: int, *, gpu: bool = False) -> Any:
+    return make_loader(data, batch, views=ViewConfig(), num_workers=workers, resampled=True,
+                       shuffle_buffer=256, epoch_samples=samples + 8 * batch * (workers + 1),
+                       device="cuda" if gpu else "cpu", pin_memory=gpu or torch.cuda.is_available(),
+                       prefetch_factor=4 if workers else None)
+
+
+def breakdown(data: str, n: int = 48) -> dict[str, float]:
+    """Milliseconds per sample of each stage on one core: where the time goes."""
+    import cv2
+
+    from datakit import schema
+    from datakit.photometric import apply_photometric
+    from datakit.views import apply_geometry, is_periodic, sample_pair, sample_seed
+
+    ds = open_dataset(data)
+    raw = list(pipeline(ds.shard_urls(), decode=False))[:n]
+    cfg = ViewConfig()
+    times = {"tar_read": 0.0, "rgb_jpeg": 0.0, "depth_png16": 0.0, "label_png": 0.0, "json": 0.0,
+             "geometry_2views": 0.0, "photometric_2views": 0.0, "collate": 0.0}
+    t0 = time.perf_counter()
+    list(pipeline(ds.shard_urls(), decode=False))
+    times["tar_read"] = (time.perf_counter() - t0) / len(raw)
+    from datakit.views import PairedViews, collate_views
+
+    pairs = []
+    for s in raw:
+        members = {k: v for k, v in s.items() if not k.startswith("__")}
+        decoded: dict[str, Any] = {}
+        for ext, data_ in members.items():
+            f = schema.EXTENSION_TO_FIELD.get(ext)
+            if f is None:
+                continue
+            key = {"rgb": "rgb_jpeg", "depth": "depth_png16", "label": "label_png", "meta": "json"}[f.name]
+            t = time.perf_counter()
+            decoded[f.name] = schema.CODECS[ext].decode(data_)
+            times[key] += time.perf_counter() - t
+        sample = schema.DecodedSample(key=s["__key__"], rgb=decoded["rgb"], meta=decoded["meta"],
+                                      depth=decoded.get("depth"), label=decoded.get("label"))
+        if sample.depth is not None:
+            sample.depth = sample.depth.astype(np.float32) * np.float32(sample.meta["depth_scale"])
+        t = time.perf_counter()
+        params = sample_pair(sample_seed(0, 0, sample.key), *sample.rgb.shape[:2], cfg,
+                             periodic=is_periodic(sample))
+        views = [apply_geometry(sample, p, cfg) for p in params]
+        times["geometry_2views"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for v in views:
+            v.rgb = apply_photometric(v.rgb, v.params.photometric)
+        times["photometric_2views"] += time.perf_counter() - t
+        pairs.append(PairedViews(views[0], views[1], False))
+    t = time.perf_counter()
+    for i in range(0, len(pairs), 16):
+        collate_views(pairs[i : i + 16], cfg)
+    times["collate"] = time.perf_counter() - t
+    del cv2
+    return {k: round(v / len(raw) * 1e3 if k != "tar_read" else v * 1e3, 3) for k, v in times.items()}
+
+
+def make_dataset(out: str, num: int, size: str, workers: int) -> None:
+    from converters.synthetic import SyntheticConfig, SyntheticConverter
+    from datakit.writer import ConvertConfig, convert
+
+    w, h = (int(x) for x in size.split("x"))
+    conv = SyntheticConverter(SyntheticConfig(num=num, size=(w, h)))
+    convert(conv, out, ConvertConfig(shard_size=64, workers=workers, progress=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="dataset folder or URL (640x480 frames for the reference numbers)")
+    ap.add_argument("--make", help="convert synthetic shards into this folder first")
+    ap.add_argument("--num", type=int, default=256)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--convert-workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=192, help="timed samples per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", default="", help="comma list: scaling of the CPU (or --gpu) path")
+    ap.add_argument("--gpu", action="store_true", help="measure the GPU path (needs CUDA)")
+    ap.add_argument("--no-per-core", action="store_true")
+    ap.add_argument("--baseline-workers", action="store_true", help="also scale the baseline")
+    ap.add_argument("--breakdown", action="store_true", help="per-stage ms/sample on one core")
+    args = ap.parse_args()
+
+    if args.make:
+        t = time.perf_counter()
+        make_dataset(args.make, args.num, args.size, args.convert_workers)
+        print(json.dumps({"made": args.make, "num": args.num, "seconds": round(time.perf_counter() - t, 1)}))
+        args.data = args.data or args.make
+    if not args.data:
+        ap.error("--data or --make is required")
+    ds = open_dataset(args.data)
+    urls = ds.shard_urls()
+    host = {"cpus": os.cpu_count(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(json.dumps({"host": host, "data": args.data, "samples_in_dataset": len(ds)}))
+    rows: list[tuple[str, str, float]] = []
+
+    if args.breakdown:
+        import cv2
+
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+        bd = breakdown(args.data)
+        print(json.dumps({"breakdown_ms_per_sample": bd}))
+        rows.append(("stage breakdown, ms/sample, 1 core", json.dumps(bd), math.nan))
+
+    if not args.no_per_core:
+        import cv2
+
+        threads = cv2.getNumThreads(), torch.get_num_threads()
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+        r_ours, r_base = [], []
+        for r in range(args.rounds):
+            r_ours.append(rate(ours(args.data, args.batch, 0, args.samples), args.samples,
+                               cpu_time=True))
+            r_base.append(rate(baseline_loader(urls, args.batch, 0, args.samples + 2 * args.batch),
+                               args.samples, cpu_time=True))
+            print(json.dumps({"round": r, "ours_per_core": round(r_ours[-1], 1),
+                              "baseline_per_core": round(r_base[-1], 1)}))
+        mo, mb = statistics.median(r_ours), statistics.median(r_base)
+        print(json.dumps({"per_core_ours": round(mo, 1), "per_core_baseline": round(mb, 1),
+                          "ratio": round(mo / mb, 2)}))
+        rows += [("datakit CPU path, 1 core (num_workers=0)", "samples/CPU-s", mo),
+                 ("PIL + torchvision per sample, 1 core", "samples/CPU-s", mb),
+                 ("ratio (median of rounds)", "x", mo / mb)]
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
+
+    if args.workers:
+        counts = [int(x) for x in args.workers.split(",")]
+        base_rate = None
+        for n in counts:
+            batch = 256 if args.gpu else args.batch
+            samples = max(args.samples, 40 * n) if not args.gpu else max(args.samples, 4096)
+            rr = rate(ours(args.data, batch, n, samples, gpu=args.gpu), samples, cuda=args.gpu)
+            if base_rate is None:
+                base_rate = rr / n
+            eff = rr / (n * base_rate)
+            name = "GPU path" if args.gpu else "CPU path"
+            print(json.dumps({"path": name, "workers": n, "batch": batch, "samples_per_s": round(rr, 1),
+                              "efficiency_vs_first": round(eff, 2)}))
+            rows.append((f"datakit {name}, {n} workers, batch {batch}", "samples/s", rr))
+            if args.baseline_workers and not args.gpu:
+                rb = rate(baseline_loader(urls, batch, n, samples + 2 * batch * n), samples)
+                print(json.dumps({"path": "baseline", "workers": n, "samples_per_s": round(rb, 1)}))
+                rows.append((f"PIL + torchvision baseline, {n} workers", "samples/s", rb))
+
+    print("\n| measurement | unit | value |\n|---|---|---|")
+    for name, unit, value in rows:
+        print(f"| {name} | {unit} | {'' if math.isnan(value) else round(value, 2)} |")
+
+
+if __name__ == "__main__":
+    main()
