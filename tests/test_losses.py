@@ -4,6 +4,7 @@ filter's properties, and each method's loss falling over a few optimiser steps."
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,15 @@ from training import losses
 from training.losses import DepthRule
 
 S = 64  # view side in pixels
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """One intra-op thread: on a shared 2-core machine two spinning threads per op cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def random_coords(gen: torch.Generator, b: int) -> torch.Tensor:
@@ -352,7 +362,10 @@ def test_dense_pixcon_loss_matches_slow_loop(matching: str, reweight: bool) -> N
     n = grid[0] * grid[1]
     num = den = 0.0
     for s in range(b):
-        bvec = lambda t, i: t[s, :, i // grid[1], i % grid[1]].double()  # noqa: E731
+
+        def bvec(t: torch.Tensor, i: int, s: int = s) -> torch.Tensor:
+            return t[s, :, i // grid[1], i % grid[1]].double()
+
         sims = [[cos(bvec(bq, i), bvec(bk, j)) for j in range(n)] for i in range(n)]
         svals = [max(row) for row in sims]
         inside = [
@@ -387,3 +400,47 @@ def test_semantic_weights_are_one_inside_and_scaled_outside() -> None:
     inside = torch.tensor([[True, False, False, False]])
     w = losses.semantic_weights(s, inside)
     assert w[0].tolist() == pytest.approx([1.0, 0.0, 1.0, (0.2 / 0.4) ** 2])
+
+
+# ------------------------------------------------------------------ losses fall when optimised
+
+
+@pytest.mark.parametrize(
+    "method,optimizer,lr",
+    [("pixpro", "lars", 2.0), ("pixpro-depth", "lars", 2.0), ("pixcon", "sgd", 0.1)],
+)
+def test_each_method_loss_falls_over_20_steps(method: str, optimizer: str, lr: float) -> None:
+    from training.config import TrainConfig, resolve
+    from training.methods import build_method, momentum_at
+    from training.optim import build_optimizer
+
+    gen = torch.Generator().manual_seed(0)
+    b = 4
+    c1 = random_coords(gen, b)
+    batch = {
+        "view1": torch.randn(b, 3, S, S, generator=gen),
+        "view2": torch.randn(b, 3, S, S, generator=gen),
+        "depth1": random_depth(gen, b),
+        "depth2": random_depth(gen, b),
+        "coords1": c1,
+        "coords2": c1 + 0.05,
+        "periodic": torch.tensor([True, False, False, False]),
+    }
+    cfg = TrainConfig(
+        data="-", out="-", method=method, arch="resnet18", multiscale=method == "pixpro-depth",
+        optimizer=optimizer, lr=lr, batch_size=b, steps=20, proj_hidden=256, head_hidden=256, queue_size=64,
+    )  # fmt: skip
+    cfg = resolve(cfg, num_samples=b)
+    torch.manual_seed(0)
+    net = build_method(cfg)
+    opt = build_optimizer(net, cfg)
+    seen = []
+    for step in range(20):
+        net.momentum_update(momentum_at(step, 20, cfg.ema))
+        out = net(batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        net.push(out.keys)
+        seen.append(float(out.loss.detach()))
+    assert sum(seen[-3:]) / 3 < seen[0] - 0.1, seen

@@ -19,27 +19,60 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from datakit.errors import DatakitError
+from training.config import TrainConfig, to_dict
 
 FORMAT = "datakit-train/1"
 CHECKPOINT_NAME = "last.pt"
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary name in the same folder, then rename it to ``path``: readers
+    see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically."""
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def build_state(
+    cfg: TrainConfig,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    positions: list[dict[str, int]],
+) -> dict[str, Any]:
+    """The checkpoint dict of the table above (tensors moved to the CPU). ``backbone`` shares its
+    tensors with ``model``, so the file holds them once."""
+    model = {k: v.detach().cpu() for k, v in method.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "step": step,
+        "method": cfg.method,
+        "arch": cfg.arch,
+        "config": to_dict(cfg),
+        "backbone": {k[9:]: v for k, v in model.items() if k.startswith("backbone.")},
+        "model": model,
+        "optimizer": optimizer.state_dict(),
+        "data": positions,
+        "rng": rng_state(),
+    }
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -194,6 +194,25 @@ def build_config(*layers: tuple[str, Mapping[str, Any]]) -> TrainConfig:
     return cfg
 
 
+def from_layers(
+    *,
+    saved: str | Path | None = None,
+    config_file: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> TrainConfig:
+    """defaults < ``saved`` (a resumed run's config.yaml) < ``config_file`` < flags (None = not
+    given) < ``--set KEY=VALUE`` overrides."""
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if saved is not None and Path(saved).is_file():
+        layers.append((str(saved), read_yaml(saved)))
+    if config_file:
+        layers.append((config_file, read_yaml(config_file)))
+    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    layers.append(("--set", dict(parse_override(o) for o in overrides)))
+    return build_config(*layers)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise UsageError for values out of range or contradicting each other."""
     for key, options in CHOICES.items():

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from datakit.errors import UsageError
 from training import checkpoint
-from training.config import TrainConfig, dump_yaml, resolve, to_dict
+from training.config import TrainConfig, dump_yaml, resolve
 from training.data import BatchStream, split_size
 from training.methods import MomentumMethod, StepOutput, build_method, momentum_at
 from training.metrics import MetricsLog
@@ -78,9 +78,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     RUN that already holds a checkpoint without ``resume``) and DatakitError for bad data.
     """
     rt = start_runtime(cfg)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, rt)
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         if rt.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -272,20 +274,5 @@ def _save(
     if rt.distributed:
         positions = [None] * rt.world
         dist.all_gather_object(positions, stream.position)
-    if not rt.main:
-        return
-    checkpoint.save(
-        path,
-        {
-            "format": checkpoint.FORMAT,
-            "step": step,
-            "method": cfg.method,
-            "arch": cfg.arch,
-            "config": to_dict(cfg),
-            "backbone": {k: v.detach().cpu() for k, v in method.backbone.state_dict().items()},
-            "model": {k: v.detach().cpu() for k, v in method.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "data": positions,
-            "rng": checkpoint.rng_state(),
-        },
-    )
+    if rt.main:
+        checkpoint.save(path, checkpoint.build_state(cfg, method, optimizer, step, positions))

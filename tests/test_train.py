@@ -1,0 +1,246 @@
+"""``datakit train`` end to end on synthetic shards (CPU): every method, config layering, exact resume
+after a crash, DDP under torchrun (gloo) with disjoint shards, streaming from the S3 test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from datakit.cli import main
+from training import checkpoint
+from training.config import TrainConfig, from_layers, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """One intra-op thread: on a shared 2-core machine two spinning threads per op cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Small enough for 2 CPU cores: ResNet-18, 64 px views, batch 4, narrow heads.
+FAST = [
+    "--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--workers", "0",
+    "--set", "proj_hidden=256", "--set", "head_hidden=256", "--set", "queue_size=64",
+    "--set", "progress=false",
+]  # fmt: skip
+
+
+def train(*args: str) -> Any:
+    return CliRunner().invoke(main, ["train", *args], catch_exceptions=False)
+
+
+def records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [("pixpro", []), ("pixpro-depth", ["--multiscale"]), ("pixcon", ["--set", "matching=coord"])],
+)
+def test_train_every_method_20_steps(
+    synthetic_dataset: Path, tmp_path: Path, method: str, extra: list[str]
+) -> None:
+    run = tmp_path / "run"
+    res = train(
+        "--data", str(synthetic_dataset), "--out", str(run), "--method", method, "--steps", "20",
+        *FAST, "--set", "log_every=5", "--set", "ckpt_every=10", *extra,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 20 and state["method"] == method and state["arch"] == "resnet18"
+    assert any(k.startswith("layer4.") for k in state["backbone"])
+    assert not any(k.startswith("fc.") for k in state["backbone"])
+    recs = records(run)
+    assert [r["step"] for r in recs] == [5, 10, 15, 20]
+    for r in recs:
+        assert {"step", "loss", "lr", "samples_per_s", "data_wait"} <= set(r)
+        assert torch.isfinite(torch.tensor(r["loss"]))
+        assert 0 <= r["data_wait"] <= 1
+    if method.startswith("pixpro"):
+        assert all(0 <= r["pos_frac"] <= r["pos_frac_spatial"] <= 1 for r in recs)
+    if method == "pixpro-depth":
+        assert any(r["pos_frac"] < r["pos_frac_spatial"] for r in recs)  # the filter acts
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == method and saved["optimizer"] in ("lars", "sgd")
+    assert saved["lr"] is not None and saved["warmup_steps"] is not None  # resolved
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> None:
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("method: pixcon\nsteps: 7\nimage_size: 96\ndepth_mode: log\n")
+    cfg = from_layers(
+        config_file=str(cfg_file),
+        flags={"data": "d", "out": "o", "steps": 9, "arch": None},
+        overrides=["tau=0.1"],
+    )
+    assert (cfg.method, cfg.steps, cfg.image_size, cfg.depth_mode, cfg.tau, cfg.arch) == (
+        "pixcon", 9, 96, "log", 0.1, "resnet50"
+    )  # fmt: skip
+    resolved = resolve(cfg, num_samples=640)
+    assert resolved.optimizer == "sgd" and resolved.lr == pytest.approx(0.3 * 64 / 256)
+    assert resolved.warmup_steps == min(5 * 640 // 64, 9 // 2)
+
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    res = runner.invoke(main, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"),
+                               "--config", str(bad)])  # fmt: skip
+    assert res.exit_code != 0 and "unknown config key 'stepz'" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(main, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"),
+                               "--set", "depth_mode=median"])  # fmt: skip
+    assert res.exit_code != 0 and "depth_mode" in res.output
+    res = runner.invoke(main, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"),
+                               *FAST, "--batch-size", "3", "--set", "accum_steps=2"])  # fmt: skip
+    assert res.exit_code != 0 and "not divisible" in res.output
+    res = runner.invoke(
+        main, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_parameters(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = [
+        "--data", str(synthetic_dataset), "--method", "pixpro-depth", "--steps", "6", "--deterministic",
+        *FAST, "--set", "log_every=1", "--set", "ckpt_every=3", "--set", "accum_steps=2",
+    ]  # fmt: skip
+    full = tmp_path / "full"
+    assert train(*common, "--out", str(full)).exit_code == 0
+
+    # The second run dies during step 5, after its checkpoint at step 3 (and a log line at 4).
+    from training import metrics
+
+    original = metrics.MetricsLog.log
+
+    def crash_at_5(self: metrics.MetricsLog, step: int, values: dict[str, float]) -> None:
+        if step == 5:
+            raise Crash
+        original(self, step, values)
+
+    part = tmp_path / "part"
+    with monkeypatch.context() as mp:
+        mp.setattr(metrics.MetricsLog, "log", crash_at_5)
+        with pytest.raises(Crash):
+            train(*common, "--out", str(part))
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == 3
+    res = train("--out", str(part), "--resume")  # data, method, ... come from RUN/config.yaml
+    assert res.exit_code == 0, res.output
+
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    assert b["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [r["step"] for r in records(part)] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in records(part)] == [r["loss"] for r in records(full)]
+
+
+def test_existing_run_needs_resume(synthetic_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--data", str(synthetic_dataset), "--out", str(run), "--steps", "1", *FAST]
+    assert train(*args).exit_code == 0
+    res = CliRunner().invoke(main, ["train", *args])
+    assert res.exit_code != 0 and "--resume" in res.output
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import datakit.loader
+from datakit.cli import main
+
+seen = []
+original = datakit.loader._CpuViews.__call__
+
+def record(self, sample):
+    seen.append(sample["__url__"])
+    return original(self, sample)
+
+datakit.loader._CpuViews.__call__ = record
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    out = os.path.join(os.environ["TRACE_DIR"], f"rank{os.environ['RANK']}.json")
+    with open(out, "w") as f:
+        json.dump(sorted(set(seen)), f)
+"""
+
+
+def test_torchrun_two_ranks_read_disjoint_shards(synthetic_dataset: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "TRACE_DIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), "train", "--data", str(synthetic_dataset), "--out", str(run), "--steps", "5",
+        "--device", "cpu", *FAST, "--set", "log_every=1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shards = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    state = checkpoint.load(run / "last.pt")
+    assert state["step"] == 5 and len(state["data"]) == 2
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5]
+    assert all(r["samples_per_s"] > 0 for r in records(run))
+
+
+def test_train_streams_from_s3(
+    s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    url = f"s3://{s3_server.bucket}/train-syn"
+    res = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            "synthetic",
+            url,
+            "--num",
+            "8",
+            "--size",
+            "96x72",
+            "--shard-size",
+            "4",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    res = train("--data", url, "--out", str(run), "--steps", "3", *FAST, "--set", "log_every=1")
+    assert res.exit_code == 0, res.output
+    assert checkpoint.load(run / "last.pt")["config"]["data"] == url
+    assert len(records(run)) == 3
+
+
+def test_train_config_defaults_are_valid() -> None:
+    cfg = TrainConfig(data="d", out="o")
+    assert cfg.levels == ("c5",) and cfg.image_size == 224 and cfg.method == "pixpro"
