@@ -263,6 +263,58 @@ def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: 
                + (f", {html}" if html else ""))
 
 
+# --- train / export ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data", default=None, help="Dataset folder or URL (a resumed run remembers it).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder RUN.")
+@click.option("--method", type=click.Choice(["pixpro", "pixpro-depth", "pixcon"]), default=None,
+              help="[pixpro]")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML of TrainConfig keys (docs/training.md); flags win.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default=None, help="[resnet50]")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps [1000].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch per optimiser step [64].")
+@click.option("--image-size", type=click.IntRange(min=32), default=None, help="View side S [224].")
+@click.option("--lr", type=float, default=None, help="[method's base lr x batch / 256]")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader processes per rank [4].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
+@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--multiscale/--no-multiscale", default=None, help="Loss on C3, C4, C5 [off].")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [off].")
+@click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms.")
+@click.option("--resume", is_flag=True, help="Continue RUN from RUN/last.pt with RUN/config.yaml.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any other config key, e.g. --set depth_mode=log (repeatable).")
+def train(config_file: str | None, resume: bool, overrides: tuple[str, ...], compile_: bool | None,
+          **flags: Any) -> None:
+    """Pretrain a backbone on DATASET: RUN/last.pt, RUN/config.yaml, RUN/metrics.jsonl."""
+    from training.config import from_layers
+    from training.loop import CONFIG_NAME
+    from training.loop import train as run_train
+
+    flags.update(compile=compile_, resume=resume or None)
+    cfg = from_layers(saved=os.path.join(flags["out"], CONFIG_NAME) if resume else None,
+                      config_file=config_file, flags=flags, overrides=overrides)
+    result = run_train(cfg)
+    click.echo(f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> {result.checkpoint}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["torchvision", "detectron2"]), default="torchvision",
+              show_default=True, help="torchvision state dict (strict-loadable) or detectron2's layout.")
+def export(checkpoint: str, out: str, fmt: str) -> None:
+    """The pretrained backbone of CHECKPOINT (RUN/last.pt) as OUT.pth for fine-tuning elsewhere."""
+    from training.export import export as run_export
+
+    path = run_export(checkpoint, out, fmt=fmt)
+    click.echo(f"{fmt} backbone -> {path}")
+
+
 # --- eval --------------------------------------------------------------------------------------
 
 
