@@ -1,0 +1,84 @@
+"""``datakit export``: the backbone of RUN/last.pt loads into torchvision (strict) and detectron2's
+layout; a checkpoint's ``weights`` option reads it back."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from datakit.cli import main
+from training import checkpoint
+from training.config import TrainConfig, resolve
+from training.export import detectron2_name
+from training.methods import build_method
+from training.models import build_backbone
+from training.optim import build_optimizer
+
+
+def make_checkpoint(tmp_path: Path, arch: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    cfg = resolve(
+        TrainConfig(data="-", out=str(tmp_path), arch=arch, proj_hidden=64, steps=1, batch_size=4),
+        num_samples=4,
+    )
+    torch.manual_seed(1)
+    method = build_method(cfg)
+    with torch.no_grad():  # a backbone that differs from any fresh initialisation
+        for p in method.backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "last.pt"
+    state = checkpoint.build_state(
+        cfg, method, build_optimizer(method, cfg), 1, [{"epoch": 0, "batch": 1}]
+    )
+    checkpoint.save(path, state)
+    return path, {k: v.clone() for k, v in method.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_export_loads_strictly(tmp_path: Path, arch: str) -> None:
+    ckpt, backbone = make_checkpoint(tmp_path, arch)
+    out = tmp_path / "backbone.pth"
+    res = CliRunner().invoke(main, ["export", str(ckpt), str(out)])
+    assert res.exit_code == 0, res.output
+    model = getattr(torchvision.models, arch)()
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    for k, v in backbone.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # the same features through torchvision's modules and ours
+    ours = build_backbone(arch, ("c5",), weights=str(out)).eval()
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    trunk = torch.nn.Sequential(*list(model.children())[:-2])
+    with torch.no_grad():
+        assert torch.allclose(ours(x)["c5"], trunk(x), atol=1e-5)
+
+
+def test_detectron2_export_names(tmp_path: Path) -> None:
+    ckpt, backbone = make_checkpoint(tmp_path, "resnet18")
+    out = tmp_path / "backbone.pkl"
+    res = CliRunner().invoke(main, ["export", str(ckpt), str(out), "--format", "detectron2"])
+    assert res.exit_code == 0, res.output
+    with out.open("rb") as f:
+        obj = pickle.load(f)
+    assert obj["matching_heuristics"] is True
+    model = obj["model"]
+    assert {"stem.conv1.weight", "stem.conv1.norm.running_mean", "res2.0.conv1.norm.weight",
+            "res3.0.shortcut.weight", "res3.0.shortcut.norm.bias", "res5.1.conv2.weight"} <= set(model)  # fmt: skip
+    assert len(model) == len(backbone)
+    for k, v in backbone.items():
+        assert (model[detectron2_name(k)] == v.numpy()).all()
+
+
+def test_export_rejects_what_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    res = CliRunner().invoke(main, ["export", str(bogus), str(tmp_path / "o.pth")])
+    assert res.exit_code != 0 and "not a datakit training checkpoint" in res.output
+    res = CliRunner().invoke(
+        main, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "o.pth")]
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
