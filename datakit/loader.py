@@ -43,7 +43,12 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
             if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
                 jpeg = data
                 continue
-            value = png.decode_gray(data) if f.name in _GRAY_FIELDS else None
+            if f.name in _GRAY_FIELDS:
+                value = png.decode_gray(data)
+            elif f.name == "rgb":
+                value = _decode_rgb(data)
+            else:
+                value = None
             decoded[f.name] = value if value is not None else schema.CODECS[ext].decode(data)
         except (SampleError, ValueError) as exc:
             raise SampleError(f"{key}.{ext}: {exc}") from None
@@ -64,6 +69,18 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
     out = schema.DecodedSample(key=key, rgb=image, meta=meta, depth=depth, depth_raw=raw,
                                label=decoded.get("label"), url=str(sample.get("__url__", "")))
     return out, jpeg
+
+
+def _decode_rgb(data: bytes) -> np.ndarray | None:
+    """RGB straight from the decoder (OpenCV >= 4.10), sparing the BGR -> RGB copy of a full frame;
+    None (use the schema's codec) where the flag is missing or the bytes do not decode."""
+    import cv2
+
+    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if flag is None:
+        return None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    return img if img is not None and img.ndim == 3 else None
 
 
 class _CpuViews:

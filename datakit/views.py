@@ -297,10 +297,12 @@ def _resize_antialiased(crop: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    # HWC memory seen as NCHW channels-last: torch's fast uint8 path, no copy in or out.
+    # HWC memory seen as NCHW channels-last: torch's fast uint8 path; its output is planar, and
+    # cv2.merge interleaves it back far faster than a transposing numpy copy.
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
     out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+    planes = out[0].numpy()
+    return cv2.merge([planes[0], planes[1], planes[2]])
 
 
 def apply_geometry(sample: DecodedSample, params: ViewParams, cfg: ViewConfig,
