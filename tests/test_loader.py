@@ -3,7 +3,6 @@ length from _info.json, determinism, worker and node splitting, and the GPU path
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
