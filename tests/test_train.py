@@ -244,3 +244,25 @@ def test_train_streams_from_s3(
 def test_train_config_defaults_are_valid() -> None:
     cfg = TrainConfig(data="d", out="o")
     assert cfg.levels == ("c5",) and cfg.image_size == 224 and cfg.method == "pixpro"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "method,extra", [("pixpro-depth", ["--multiscale", "--compile"]), ("pixcon", [])]
+)
+def test_train_on_cuda(
+    synthetic_dataset: Path, tmp_path: Path, method: str, extra: list[str]
+) -> None:
+    """bf16 autocast, channels_last, GPU views (nvJPEG), optionally torch.compile."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    run = tmp_path / "run"
+    res = train(
+        "--data", str(synthetic_dataset), "--out", str(run), "--method", method, "--steps", "6",
+        "--device", "cuda", *FAST, "--set", "log_every=1", *extra,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    recs = records(run)
+    assert len(recs) == 6 and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["precision"] == "auto" and checkpoint.load(run / "last.pt")["step"] == 6

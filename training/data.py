@@ -1,9 +1,10 @@
 """The loop's view of the data: an endless stream of SPEC 4 batches with a resumable position.
 
-Epochs are the loader's (:class:`datakit.loader.PairLoader`): shard order and views are a function of
-(seed, epoch), and every rank reads its own disjoint shards (no resampling). The position
-``{"epoch": e, "batch": i}`` is checkpointed; resuming sets the epoch and skips ``i`` batches, which
-reproduces the uninterrupted stream exactly for a fixed worker count.
+Epochs are the loader's (:class:`datakit.loader.PairLoader`): shard order and views are a function
+of (seed, epoch), and every rank reads its own disjoint shards. With ``cfg.resampled`` shards are
+drawn with replacement instead, in epochs of ``cfg.epoch_samples`` (for datasets far smaller than a
+run). The position ``{"epoch": e, "batch": i}`` is checkpointed; resuming sets the epoch and skips
+``i`` batches, which reproduces the uninterrupted stream exactly for a fixed worker count.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class BatchStream:
             num_workers=cfg.workers,
             seed=cfg.seed,
             split=cfg.split,
-            resampled=False,
+            resampled=cfg.resampled,
+            epoch_samples=cfg.epoch_samples,
             shuffle_buffer=cfg.shuffle_buffer,
             device=device,
         )

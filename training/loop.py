@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,63 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
     return cfg, ckpt_path, state, dataset
 
 
-def _build(cfg: TrainConfig, rt: Runtime) -> tuple[MomentumMethod, torch.optim.Optimizer, bool]:
+@dataclass
+class Stepper:
+    """One optimiser step: lr and momentum schedules, ``accum_steps`` forward/backward passes under
+    bf16 autocast (DDP gradient sync on the last only), queue pushes, the optimiser update.
+
+    ``model`` is the (DDP-wrapped, compiled) module called; ``method`` the bare one. Used by the loop
+    and by bench/train.py, so the benchmark times exactly what training runs.
+    """
+
+    model: nn.Module
+    method: MomentumMethod
+    optimizer: torch.optim.Optimizer
+    cfg: TrainConfig
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    distributed: bool = False
+
+    def __call__(self, step: int, fetch: Callable[[], dict[str, Any]]) -> StepStats:
+        cfg = self.cfg
+        assert cfg.lr is not None and cfg.warmup_steps is not None
+        lr = lr_at(step, lr=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        m = momentum_at(step, cfg.steps, cfg.ema)
+        self.method.momentum_update(m)
+        sums: dict[str, Tensor] = {}
+        wait = 0.0
+        for micro in range(cfg.accum_steps):
+            t0 = time.perf_counter()
+            batch = _to_device(fetch(), self.device, self.channels_last)
+            wait += time.perf_counter() - t0
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if self.distributed and micro < cfg.accum_steps - 1:
+                sync = self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    out: StepOutput = self.model(batch)
+                (out.loss / cfg.accum_steps).backward()
+            self.method.push(out.keys)
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / cfg.accum_steps
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepStats(sums, lr, m, wait)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    sums: dict[str, Tensor]  # loss and method metrics, means over the micro-batches (on device)
+    lr: float
+    momentum: float
+    wait: float  # seconds spent waiting for batches
+
+
+def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = None) -> Stepper:
+    """Method (seeded), optimiser, restored ``state`` (a checkpoint), DDP and torch.compile."""
     torch.manual_seed(cfg.seed)
     method = build_method(cfg).to(rt.device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else rt.device.type == "cuda"
@@ -162,28 +219,10 @@ def _build(cfg: TrainConfig, rt: Runtime) -> tuple[MomentumMethod, torch.optim.O
         method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if rt.distributed and rt.device.type == "cuda" and cfg.sync_bn:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[assignment]
-    return method, build_optimizer(method, cfg), channels_last
-
-
-def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
-    _configure_determinism(cfg, rt)
-    cfg, ckpt_path, state, dataset = _prepare(cfg, rt)
-    assert cfg.lr is not None and cfg.warmup_steps is not None
-    method, optimizer, channels_last = _build(cfg, rt)
-    start, positions = 0, None
+    optimizer = build_optimizer(method, cfg)
     if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        positions = state["data"]
-        checkpoint.set_rng_state(state["rng"])
-        if len(positions) != rt.world:
-            positions = None  # another world size: streams restart at a fresh epoch
-            start_epoch = int(state["data"][0]["epoch"]) + 1
-        else:
-            start_epoch = 0
-    else:
-        start_epoch = 0
     model: nn.Module = method
     if rt.distributed:
         model = nn.parallel.DistributedDataParallel(
@@ -193,14 +232,29 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
         )
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
+    method.train()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and rt.device.type == "cuda")
-    per_rank = cfg.batch_size // (rt.world * cfg.accum_steps)
+    return Stepper(model, method, optimizer, cfg, rt.device, bf16, channels_last, rt.distributed)
+
+
+def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
+    _configure_determinism(cfg, rt)
+    cfg, ckpt_path, state, dataset = _prepare(cfg, rt)
+    stepper = build_stepper(cfg, rt, state)
+    start, position = 0, {"epoch": 0, "batch": 0}
+    if state is not None:
+        start = int(state["step"])
+        checkpoint.set_rng_state(state["rng"])
+        if len(state["data"]) == rt.world:
+            position = state["data"][rt.rank]
+        else:  # another world size: every rank starts the next epoch
+            position = {"epoch": int(state["data"][0]["epoch"]) + 1, "batch": 0}
     gpu_views = cfg.gpu_views if cfg.gpu_views is not None else rt.device.type == "cuda"
     stream = BatchStream(
         dataset,
         cfg,
-        per_rank=per_rank,
-        position=positions[rt.rank] if positions else {"epoch": start_epoch, "batch": 0},
+        per_rank=cfg.batch_size // (rt.world * cfg.accum_steps),
+        position=position,
         device=str(rt.device) if gpu_views else "cpu",
     )
     log = MetricsLog(
@@ -211,41 +265,19 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
         start_step=start,
         total_steps=cfg.steps,
     )
-    method.train()
     last_loss = float("nan")
     t_log, wait, steps_since = time.perf_counter(), 0.0, 0
     try:
         for step in range(start, cfg.steps):
-            lr = lr_at(step, lr=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            m = momentum_at(step, cfg.steps, cfg.ema)
-            method.momentum_update(m)
-            sums: dict[str, Tensor] = {}
-            for micro in range(cfg.accum_steps):
-                t0 = time.perf_counter()
-                batch = _to_device(next(stream), rt.device, channels_last)
-                wait += time.perf_counter() - t0
-                sync = contextlib.nullcontext()
-                if rt.distributed and micro < cfg.accum_steps - 1:
-                    sync = model.no_sync()  # type: ignore[operator]
-                with sync:
-                    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=bf16):
-                        out: StepOutput = model(batch)
-                    (out.loss / cfg.accum_steps).backward()
-                method.push(out.keys)
-                for k, v in {"loss": out.loss, **out.metrics}.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float() / cfg.accum_steps
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done, steps_since = step + 1, steps_since + 1
+            stats = stepper(step, lambda: next(stream))
+            done, steps_since, wait = step + 1, steps_since + 1, wait + stats.wait
             log.advance()
             if done % cfg.log_every == 0 or done == cfg.steps:
-                values = _mean_across_ranks(sums, rt)
+                values = _mean_across_ranks(stats.sums, rt)
                 elapsed = max(time.perf_counter() - t_log, 1e-9)
                 values.update(
-                    lr=lr,
-                    momentum=m,
+                    lr=stats.lr,
+                    momentum=stats.momentum,
                     samples_per_s=cfg.batch_size * steps_since / elapsed,
                     data_wait=min(wait / elapsed, 1.0),
                     epoch=float(stream.position["epoch"]),
@@ -254,7 +286,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                 log.log(done, values)
                 t_log, wait, steps_since = time.perf_counter(), 0.0, 0
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                _save(ckpt_path, cfg, method, optimizer, done, stream, rt)
+                _save(ckpt_path, cfg, stepper, done, stream, rt)
     finally:
         stream.close()
         log.close()
@@ -262,17 +294,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
 
 
 def _save(
-    path: Path,
-    cfg: TrainConfig,
-    method: MomentumMethod,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    stream: BatchStream,
-    rt: Runtime,
+    path: Path, cfg: TrainConfig, stepper: Stepper, step: int, stream: BatchStream, rt: Runtime
 ) -> None:
     positions: list[Any] = [stream.position]
     if rt.distributed:
         positions = [None] * rt.world
         dist.all_gather_object(positions, stream.position)
     if rt.main:
-        checkpoint.save(path, checkpoint.build_state(cfg, method, optimizer, step, positions))
+        state = checkpoint.build_state(cfg, stepper.method, stepper.optimizer, step, positions)
+        checkpoint.save(path, state)
