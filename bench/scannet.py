@@ -165,7 +165,7 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    t0, c0 = time.perf_counter(), cpu_seconds()
+    t0, c0, k0 = time.perf_counter(), cpu_seconds(), cpu_seconds(children_only=True)
     if args.child == "ours":
         from converters.scannet import ScanNetConfig, ScanNetConverter
         from datakit.writer import ConvertConfig, convert
@@ -179,19 +179,23 @@ def child(args: argparse.Namespace) -> None:
             for p in sorted(Path(args.src).glob("scans/*/*.sens"))
         )
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    workers_cpu = cpu_seconds(children_only=True) - k0
     shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "frames": frames}))
+    print(
+        json.dumps({"seconds": seconds, "cpu": cpu, "workers_cpu": workers_cpu, "frames": frames})
+    )
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the writer's workers)."""
+def cpu_seconds(children_only: bool = False) -> float:
+    """CPU time of this process and its reaped children (the writer's workers), or theirs alone."""
     import resource
 
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = kids.ru_utime + kids.ru_stime
+    if not children_only:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        total += me.ru_utime + me.ru_stime
+    return total
 
 
 def measure(kind: str, src: Path, skip: int, workers: int, work: Path) -> dict[str, float]:
@@ -226,6 +230,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200, help="frames of the skip-1 scan")
     ap.add_argument("--scaling-frames", type=int, default=800, help="frames of the --workers scan")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--parts", default="throughput,memory,scaling", help="comma-separated subset")
     ap.add_argument("--keep", action="store_true", help="keep the generated scans")
     ap.add_argument("--child", choices=["ours", "ref"], help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)
@@ -246,51 +251,62 @@ def main() -> None:
     try:
         small = write_scan(work / "small", "scene0000_00", args.frames, pool)
         mid = write_scan(work / "mid", "scene0001_00", args.scaling_frames, pool)
-        big = write_scan(
-            work / "big", "scene0002_00", frames_for_bytes(args.big_gb * 2**30, pool), pool
-        )
-        for p in (small, mid, big):
+        scans = [small, mid]
+        if {"throughput", "memory"} & set(args.parts.split(",")):
+            n_big = frames_for_bytes(args.big_gb * 2**30, pool)
+            big = write_scan(work / "big", "scene0002_00", n_big, pool)
+            scans.append(big)
+        for p in scans:
             print(f"  {p.name}: {p.stat().st_size / 2**30:.2f} GiB", flush=True)
-        report: dict[str, Any] = {"load_start": os.getloadavg()}
+        summary: dict[str, Any] = {"load_start": os.getloadavg()}
+        if "throughput" in args.parts:
+            floor = codec_floor(small, 100)
+            floor_s = sum(floor.values())
+            print("floor per frame (ms CPU): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in floor.items())
+                  + f"; total {floor_s * 1e3:.1f} ms = {1 / floor_s:.1f} frames/s/core", flush=True)  # fmt: skip
+            print("skip 1 (small scan)", flush=True)
+            ours1 = best(
+                [measure("ours", small.parents[2], 1, 1, work) for _ in range(args.repeats)]
+            )
+            ref1 = measure("ref", small.parents[2], 1, 1, work)
+            print("skip 25 (big scan)", flush=True)
+            ours25 = best(
+                [measure("ours", big.parents[2], 25, 1, work) for _ in range(args.repeats)]
+            )
+            ref25 = measure("ref", big.parents[2], 25, 1, work)
+            summary.update({
+                "floor_ms": {k: v * 1e3 for k, v in floor.items()},
+                "per_core_speedup_vs_reference_skip1": ours1["fps_core"] / ref1["fps_core"],
+                "per_core_speedup_vs_reference_skip25": ours25["fps_core"] / ref25["fps_core"],
+                "cpu_over_floor_skip1": (1 / ours1["fps_core"]) / floor_s,
+                "cpu_over_floor_skip25": (1 / ours25["fps_core"]) / floor_s,
+                "rss_mb_skip25_big": ours25["rss_mb"],
+                "rss_mb_reference_skip25_big": ref25["rss_mb"],
+            })  # fmt: skip
+        if "memory" in args.parts:
+            print("memory: skip 1, one worker, mid and big scan", flush=True)
+            rss_mid = measure("ours", mid.parents[2], 1, 1, work)
+            rss_big = measure("ours", big.parents[2], 1, 1, work)
+            summary.update(rss_mb_skip1_mid=rss_mid["rss_mb"], rss_mb_skip1_big=rss_big["rss_mb"])
+        if "scaling" in args.parts:
+            print("scaling: skip 1, mid scan, --workers 1 and 2 interleaved", flush=True)
+            w1, w2 = [], []
+            for _ in range(args.repeats):
+                w1.append(measure("ours", mid.parents[2], 1, 1, work))
+                w2.append(measure("ours", mid.parents[2], 1, 2, work))
 
-        floor = codec_floor(small, 100)
-        floor_s = sum(floor.values())
-        print("floor per frame (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in floor.items())
-              + f"; total {floor_s * 1e3:.1f} ms CPU = {1 / floor_s:.1f} frames/s/core", flush=True)  # fmt: skip
-        report["floor_ms"] = {k: v * 1e3 for k, v in floor.items()}
+            def med(runs: list[dict[str, float]], k: str) -> float:
+                return float(np.median([r[k] for r in runs]))
 
-        print("skip 1 (small scan)", flush=True)
-        ours1 = best([measure("ours", small.parents[2], 1, 1, work) for _ in range(args.repeats)])
-        ref1 = measure("ref", small.parents[2], 1, 1, work)
-        print("skip 25 (big scan)", flush=True)
-        ours25 = best([measure("ours", big.parents[2], 25, 1, work) for _ in range(args.repeats)])
-        ref25 = measure("ref", big.parents[2], 25, 1, work)
-        print("memory: skip 1, one worker, mid and big scan", flush=True)
-        rss_mid = measure("ours", mid.parents[2], 1, 1, work)
-        rss_big = measure("ours", big.parents[2], 1, 1, work)
-        print("scaling: skip 1, mid scan, --workers 1 vs 2", flush=True)
-        w1, w2 = [rss_mid], []
-        for _ in range(args.repeats):
-            w2.append(measure("ours", mid.parents[2], 1, 2, work))
-            w1.append(measure("ours", mid.parents[2], 1, 1, work))
-        bw1, bw2 = best(w1, "fps"), best(w2, "fps")
-        summary = {
-            "per_core_speedup_vs_reference_skip1": ours1["fps_core"] / ref1["fps_core"],
-            "per_core_speedup_vs_reference_skip25": ours25["fps_core"] / ref25["fps_core"],
-            "cpu_over_floor_skip1": (1 / ours1["fps_core"]) / floor_s,
-            "cpu_over_floor_skip25": (1 / ours25["fps_core"]) / floor_s,
-            "cpu_over_floor_skip1_big": (1 / rss_big["fps_core"]) / floor_s,
-            "wall_workers2_over_workers1": bw2["fps"] / bw1["fps"],
-            # what 2 free cores would give: the same work, its CPU time split over two
-            "cpu_bound_workers2_over_workers1": 2 * best(w2)["fps_core"] / best(w1)["fps_core"],
-            "rss_mb_skip1_mid": rss_mid["rss_mb"],
-            "rss_mb_skip1_big": rss_big["rss_mb"],
-            "rss_mb_skip25_big": ours25["rss_mb"],
-            "rss_mb_reference_skip25_big": ref25["rss_mb"],
-            "load_end": os.getloadavg(),
-        }  # fmt: skip
-        report.update(summary=summary, ours1=ours1, ref1=ref1, ours25=ours25, ref25=ref25,
-                      rss_big=rss_big, w1=w1, w2=w2)  # fmt: skip
+            summary.update({
+                "wall_workers2_over_workers1": med(w2, "fps") / med(w1, "fps"),
+                # on 2 free cores: the same work with its CPU time (workers + writer) spread over two
+                "cpu_bound_workers2_over_workers1": 2 * med(w1, "cpu") / med(w2, "cpu"),
+                "workers2_writer_cpu_s": med(w2, "cpu") - med(w2, "workers_cpu"),
+                "workers2_workers_cpu_s": med(w2, "workers_cpu"),
+                "workers1_cpu_s": med(w1, "cpu"),
+            })  # fmt: skip
+        summary["load_end"] = os.getloadavg()
         print(json.dumps(summary, indent=1))
     finally:
         if not args.keep:
