@@ -147,56 +147,94 @@ def ours(data: str, batch: int, workers: int, samples: int, *, gpu: bool = False
                        prefetch_factor=(2 if gpu else 4) if workers else None)
 
 
-def breakdown(data: str, n: int = 48) -> dict[str, float]:
-    """Milliseconds per sample of each stage on one core: where the time goes."""
+def _cpu_ms(fn: Any, items: list[Any]) -> tuple[float, list[Any]]:
+    t = time.process_time()
+    out = [fn(x) for x in items]
+    return (time.process_time() - t) / max(len(items), 1) * 1e3, out
+
+
+def breakdown(data: str, n: int = 64) -> dict[str, float]:
+    """CPU milliseconds per sample of each stage of the CPU path on one core, and of the worker
+    side of the GPU path: where the time goes."""
     import cv2
 
-    from datakit import schema
+    from datakit import png
+    from datakit.gpu_views import collate_encoded, prepare_encoded
+    from datakit.loader import _decode_rgb, decode_for_views
     from datakit.photometric import apply_photometric
-    from datakit.views import apply_geometry, is_periodic, sample_pair, sample_seed
+    from datakit.schema import CODECS
+    from datakit.views import (
+        PairedViews,
+        apply_geometry,
+        collate_views,
+        is_periodic,
+        sample_pair,
+        sample_seed,
+    )
 
-    ds = open_dataset(data)
-    raw = list(pipeline(ds.shard_urls(), decode=False))[:n]
-    cfg = ViewConfig()
-    times = {"tar_read": 0.0, "rgb_jpeg": 0.0, "depth_png16": 0.0, "label_png": 0.0, "json": 0.0,
-             "geometry_2views": 0.0, "photometric_2views": 0.0, "collate": 0.0}
-    t0 = time.perf_counter()
-    list(pipeline(ds.shard_urls(), decode=False))
-    times["tar_read"] = (time.perf_counter() - t0) / len(raw)
-    from datakit.views import PairedViews, collate_views
+    cfg = ViewConfig(labels=False)
+    urls = open_dataset(data).shard_urls()
+    t = time.process_time()
+    raw: list[dict[str, Any]] = []
+    for s in pipeline(urls, decode=False):
+        raw.append(s)
+        if len(raw) == n:
+            break
+    out = {"tar_read": (time.process_time() - t) / len(raw) * 1e3}
+    out["rgb_jpeg_opencv_rgb"], _ = _cpu_ms(lambda s: _decode_rgb(s["rgb.jpg"]), raw)
+    out["rgb_jpeg_schema_codec"], _ = _cpu_ms(lambda s: CODECS["rgb.jpg"].decode(s["rgb.jpg"]), raw)
+    out["depth_png16_fast"], _ = _cpu_ms(lambda s: png.decode_gray(s["depth.png"]), raw)
+    out["depth_png16_opencv"], _ = _cpu_ms(
+        lambda s: cv2.imdecode(np.frombuffer(s["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED), raw)
+    out["decode_all"], decoded = _cpu_ms(lambda s: decode_for_views(s, labels=False)[0], raw)
 
-    pairs = []
-    for s in raw:
-        members = {k: v for k, v in s.items() if not k.startswith("__")}
-        decoded: dict[str, Any] = {}
-        for ext, data_ in members.items():
-            f = schema.EXTENSION_TO_FIELD.get(ext)
-            if f is None:
-                continue
-            key = {"rgb": "rgb_jpeg", "depth": "depth_png16", "label": "label_png", "meta": "json"}[f.name]
-            t = time.perf_counter()
-            decoded[f.name] = schema.CODECS[ext].decode(data_)
-            times[key] += time.perf_counter() - t
-        sample = schema.DecodedSample(key=s["__key__"], rgb=decoded["rgb"], meta=decoded["meta"],
-                                      depth=decoded.get("depth"), label=decoded.get("label"))
-        if sample.depth is not None:
-            sample.depth = sample.depth.astype(np.float32) * np.float32(sample.meta["depth_scale"])
-        t = time.perf_counter()
-        params = sample_pair(sample_seed(0, 0, sample.key), *sample.rgb.shape[:2], cfg,
-                             periodic=is_periodic(sample))
-        views = [apply_geometry(sample, p, cfg) for p in params]
-        times["geometry_2views"] += time.perf_counter() - t
-        t = time.perf_counter()
-        for v in views:
+    def geometry(s: Any) -> list[Any]:
+        params = sample_pair(sample_seed(0, 0, s.key), *s.rgb.shape[:2], cfg, periodic=is_periodic(s))
+        return [apply_geometry(s, p, cfg) for p in params]
+
+    out["geometry_2views"], views = _cpu_ms(geometry, decoded)
+
+    def colour(vs: list[Any]) -> PairedViews:
+        for v in vs:
             v.rgb = apply_photometric(v.rgb, v.params.photometric)
-        times["photometric_2views"] += time.perf_counter() - t
-        pairs.append(PairedViews(views[0], views[1], False))
-    t = time.perf_counter()
+        return PairedViews(vs[0], vs[1], False)
+
+    out["photometric_2views"], pairs = _cpu_ms(colour, views)
+    t = time.process_time()
     for i in range(0, len(pairs), 16):
         collate_views(pairs[i : i + 16], cfg)
-    times["collate"] = time.perf_counter() - t
-    del cv2
-    return {k: round(v / len(raw) * 1e3 if k != "tar_read" else v * 1e3, 3) for k, v in times.items()}
+    out["collate"] = (time.process_time() - t) / len(pairs) * 1e3
+    out["gpu_path_worker_prepare"], enc = _cpu_ms(lambda s: prepare_encoded(s, cfg, seed=0, epoch=0), raw)
+    t = time.process_time()
+    collate_encoded(enc, cfg)
+    out["gpu_path_worker_collate"] = (time.process_time() - t) / len(enc) * 1e3
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def gpu_stage(data: str, batch: int = 256, reps: int = 10) -> dict[str, float]:
+    """Milliseconds per batch of the GPU side (decode + resample + colour), main thread, synced."""
+    from datakit.gpu_views import GpuViews, collate_encoded, prepare_encoded
+
+    cfg = ViewConfig(labels=False)
+    urls = open_dataset(data).shard_urls()
+    raw: list[dict[str, Any]] = []
+    while len(raw) < batch:
+        raw.extend(pipeline(urls, decode=False))
+    enc = [prepare_encoded(s, cfg, seed=0, epoch=0) for s in raw[:batch]]
+    cpu = collate_encoded(enc, cfg)
+    pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in cpu.items()}
+    views = GpuViews(cfg, "cuda")
+    res: dict[str, float] = {}
+    for name, fn in (("decode_jpeg", lambda: views.decode(pinned)), ("full_gpu_stage", lambda: views(pinned))):
+        fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        res[f"{name}_ms_per_batch{batch}"] = round((time.perf_counter() - t) / reps * 1e3, 2)
+    res["gpu_stage_samples_per_s"] = round(batch / res[f"full_gpu_stage_ms_per_batch{batch}"] * 1e3, 1)
+    return res
 
 
 def make_dataset(out: str, num: int, size: str, workers: int) -> None:
@@ -205,7 +243,8 @@ def make_dataset(out: str, num: int, size: str, workers: int) -> None:
 
     w, h = (int(x) for x in size.split("x"))
     conv = SyntheticConverter(SyntheticConfig(num=num, size=(w, h)))
-    convert(conv, out, ConvertConfig(shard_size=64, workers=workers, progress=False))
+    # Small shards: every worker of a big host draws from several (resampled, page-cached).
+    convert(conv, out, ConvertConfig(shard_size=max(4, num // 32), workers=workers, progress=False))
 
 
 def repack_png_filter(src: str, dst: str) -> None:
@@ -279,11 +318,18 @@ def main() -> None:
     if args.breakdown:
         import cv2
 
+        threads = cv2.getNumThreads(), torch.get_num_threads()
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
         bd = breakdown(args.data)
-        print(json.dumps({"breakdown_ms_per_sample": bd}))
-        rows.append(("stage breakdown, ms/sample, 1 core", json.dumps(bd), math.nan))
+        print(json.dumps({"breakdown_cpu_ms_per_sample": bd}))
+        rows += [(f"stage: {k}", "CPU ms/sample", v) for k, v in bd.items()]
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
+    if args.gpu and torch.cuda.is_available():
+        gs = gpu_stage(args.data)
+        print(json.dumps({"gpu_stage": gs}))
+        rows += [(f"GPU stage: {k}", "", v) for k, v in gs.items()]
 
     if not args.no_per_core:
         import cv2

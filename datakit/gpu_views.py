@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datakit import schema
+from datakit import png, schema
+from datakit.errors import SampleError
 from datakit.views import (
     BATCH_KEYS,
     ViewConfig,
@@ -28,6 +29,8 @@ from datakit.views import (
     sample_seed,
     view_coords,
 )
+
+_DEPTH_EXTS = schema.FIELD_BY_NAME["depth"].extensions
 
 
 @dataclass
@@ -48,50 +51,87 @@ class EncodedPair:
 
 
 def prepare_encoded(sample: dict[str, Any], cfg: ViewConfig, *, seed: int, epoch: int) -> EncodedPair:
-    """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair` (the JPEG
-    stays encoded; any other RGB is decoded here and uploaded raw)."""
+    """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair`.
+
+    The JPEG stays encoded (any other RGB is decoded here and uploaded raw). The crops are drawn
+    before the depth PNG is inflated, so that only the rows down to the lower crop's bottom are.
+    """
     from datakit.loader import decode_for_views
 
-    decoded, jpeg = decode_for_views(sample, labels=cfg.labels, rgb=False)
+    decoded, jpeg = decode_for_views(sample, labels=cfg.labels, rgb=False, depth=False)
+    rng = sample_seed(seed, epoch, decoded.key)
+    meta = decoded.meta
     if jpeg is None:
-        return encode_decoded(decoded, cfg, sample_seed(seed, epoch, decoded.key))
-    h, w = int(decoded.meta["height"]), int(decoded.meta["width"])
-    return _encode(decoded, cfg, sample_seed(seed, epoch, decoded.key), np.frombuffer(jpeg, np.uint8),
-                   h, w)
+        image = decoded.rgb
+        h, w = image.shape[:2]
+    else:
+        image = np.frombuffer(jpeg, np.uint8)
+        h, w = int(meta["height"]), int(meta["width"])
+    periodic = is_periodic(decoded)
+    params = sample_pair(rng, h, w, cfg, periodic=periodic)
+    depth = None
+    data = next((v for k, v in sample.items() if k in _DEPTH_EXTS), None)
+    if data is not None:
+        rows = max(p.box.top + p.box.height for p in params)
+        depth = _depth_rows(decoded.key, data, rows, h, w)
+    scale = float(meta["depth_scale"])
+    return _encode(decoded.key, image, h, w, params, cfg, periodic, depth, scale, decoded.label)
+
+
+def _depth_rows(key: str, data: bytes, rows: int, h: int, w: int) -> np.ndarray:
+    """The first ``rows`` rows of a depth PNG as uint16 codes (all rows when the fast path declines)."""
+    head = png.header(data)
+    if head is not None and (head[0], head[1]) != (w, h):
+        raise SampleError(f"{key}: depth is {head[1]}x{head[0]}, image is {h}x{w}")
+    try:
+        codes = png.decode_gray(data, rows=rows)
+        if codes is None:
+            codes = schema.CODECS[_DEPTH_EXTS[0]].decode(data)
+    except (SampleError, ValueError) as exc:
+        raise SampleError(f"{key}: depth: {exc}") from None
+    if codes.dtype != np.uint16 or codes.shape[1] != w or codes.shape[0] < min(rows, h):
+        raise SampleError(f"{key}: depth must be a {h}x{w} 16-bit PNG")
+    return codes
 
 
 def encode_decoded(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator) -> EncodedPair:
     """An already decoded sample as an :class:`EncodedPair` (RGB uploaded raw)."""
     h, w = sample.rgb.shape[:2]
-    return _encode(sample, cfg, rng, sample.rgb, h, w)
-
-
-def _encode(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator,
-            image: np.ndarray, h: int, w: int) -> EncodedPair:
     periodic = is_periodic(sample)
-    wrap = periodic and cfg.periodic_roll
     params = sample_pair(rng, h, w, cfg, periodic=periodic)
+    return _encode(sample.key, sample.rgb, h, w, params, cfg, periodic, sample.depth, 1.0, sample.label)
+
+
+def _encode(key: str, image: np.ndarray, h: int, w: int, params: tuple[ViewParams, ViewParams],
+            cfg: ViewConfig, periodic: bool, depth: np.ndarray | None, depth_scale: float,
+            label: np.ndarray | None) -> EncodedPair:
+    wrap = periodic and cfg.periodic_roll
     depths, labels, coords = [], [], []
     for p in params:
         ys, xs = nearest_indices(p.box, p.flip, cfg.size, h, w, periodic=wrap)
         coords.append(view_coords(p.box, p.flip, cfg.size, h, w))
-        if sample.depth is not None:
-            depths.append(sample.depth.take(ys, axis=0).take(xs, axis=1).astype(np.float32))
-        if sample.label is not None and cfg.labels:
-            labels.append(sample.label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
+        if depth is not None:
+            values = depth.take(ys, axis=0).take(xs, axis=1).astype(np.float32)
+            depths.append(values * np.float32(depth_scale) if depth_scale != 1.0 else values)
+        if label is not None and cfg.labels:
+            labels.append(label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
     return EncodedPair(
-        sample.key, image, image.ndim == 1, h, w, params, (coords[0], coords[1]),
+        key, image, image.ndim == 1, h, w, params, (coords[0], coords[1]),
         (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
         periodic,
     )
 
 
 def collate_encoded(pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: int = 255) -> dict[str, Any]:
-    """Stack :class:`EncodedPair` into CPU tensors (images stay a list: sizes may differ)."""
+    """Stack :class:`EncodedPair` into CPU tensors. All JPEG bytes travel as ONE flat tensor
+    (``jpeg_data`` cut by ``jpeg_sizes``, 0 for a raw image): a tensor per sample would cost a
+    shared-memory segment, a file descriptor and a pinning call each on the way to the GPU."""
     n, s = len(pairs), cfg.size
+    jpegs = [p.image for p in pairs if p.is_jpeg]
     out: dict[str, Any] = {
-        "images": [torch.from_numpy(np.ascontiguousarray(p.image)) for p in pairs],
-        "is_jpeg": [p.is_jpeg for p in pairs],
+        "jpeg_data": torch.from_numpy(np.concatenate(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8),
+        "jpeg_sizes": torch.tensor([p.image.size if p.is_jpeg else 0 for p in pairs], dtype=torch.int64),
+        "images": [torch.from_numpy(np.ascontiguousarray(p.image)) for p in pairs if not p.is_jpeg],
         "hw": torch.tensor([[p.height, p.width] for p in pairs], dtype=torch.int64),
         "boxes": torch.tensor(
             [[[q.box.left, q.box.top, q.box.width, q.box.height] for q in p.params] for p in pairs],
@@ -272,19 +312,15 @@ class GpuViews:
             warnings.simplefilter("ignore", DeprecationWarning)
             from torchvision.io import decode_jpeg
 
-        images: list[torch.Tensor | None] = [None] * len(batch["images"])
-        jpeg_idx = [i for i, j in enumerate(batch["is_jpeg"]) if j]
-        if jpeg_idx:
-            if self.device.type == "cuda":
-                dec = decode_jpeg([batch["images"][i] for i in jpeg_idx], device=self.device)
-            else:
-                dec = [decode_jpeg(batch["images"][i]) for i in jpeg_idx]
-            for i, d in zip(jpeg_idx, dec, strict=True):
-                images[i] = d
-        for i, j in enumerate(batch["is_jpeg"]):
-            if not j:
-                images[i] = batch["images"][i].to(self.device, non_blocking=True).permute(2, 0, 1)
-        return [im for im in images if im is not None]
+        sizes = batch["jpeg_sizes"].tolist()
+        jpegs = list(torch.split(batch["jpeg_data"], [n for n in sizes if n > 0]))
+        if jpegs and self.device.type == "cuda":
+            decoded = iter(decode_jpeg(jpegs, device=self.device))
+        else:
+            decoded = iter([decode_jpeg(j) for j in jpegs])
+        raw = iter(batch["images"])
+        return [next(decoded) if n > 0 else next(raw).to(self.device, non_blocking=True).permute(2, 0, 1)
+                for n in sizes]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device

@@ -24,12 +24,12 @@ DEFAULT_VIEWS = ViewConfig()  # frozen: safe as a default argument
 
 
 def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool = True,
-                     ) -> tuple[schema.DecodedSample, bytes | None]:
+                     depth: bool = True) -> tuple[schema.DecodedSample, bytes | None]:
     """Decode what the views need of a WebDataset sample dict, through the schema's codecs but for
     single-channel PNGs, which take :mod:`datakit.png`'s fast path where it applies.
 
-    Skips the label member when ``labels`` is False and, when ``rgb`` is False, leaves a JPEG RGB
-    encoded: returns (sample with ``rgb`` None in that case, the JPEG bytes or None).
+    Skips the label (depth) member when ``labels`` (``depth``) is False and, when ``rgb`` is False,
+    leaves a JPEG RGB encoded: returns (sample with ``rgb`` None in that case, the JPEG bytes or None).
     Raises :class:`~datakit.errors.SampleError` like :func:`datakit.schema.decode`.
     """
     key = sample["__key__"]
@@ -37,7 +37,7 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
     jpeg = None
     for ext, data in sample.items():
         f = schema.EXTENSION_TO_FIELD.get(ext)
-        if f is None or (f.name == "label" and not labels):
+        if f is None or (f.name == "label" and not labels) or (f.name == "depth" and not depth):
             continue
         try:
             if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
@@ -65,8 +65,8 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
             raise SampleError(f"{key}: {name} is {arr.shape}, image is {h}x{w}")
     if raw is not None and raw.dtype != np.uint16:
         raise SampleError(f"{key}: depth must be a 16-bit PNG, got {raw.dtype}")
-    depth = raw.astype(np.float32) * np.float32(meta["depth_scale"]) if raw is not None else None
-    out = schema.DecodedSample(key=key, rgb=image, meta=meta, depth=depth, depth_raw=raw,
+    physical = raw.astype(np.float32) * np.float32(meta["depth_scale"]) if raw is not None else None
+    out = schema.DecodedSample(key=key, rgb=image, meta=meta, depth=physical, depth_raw=raw,
                                label=decoded.get("label"), url=str(sample.get("__url__", "")))
     return out, jpeg
 

@@ -27,30 +27,41 @@ except ImportError:  # pragma: no cover - optional speed-up
     _decompressobj = zlib.decompressobj
 
 
-def decode_gray(data: bytes) -> np.ndarray | None:
+def header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit depth, colour type) from the IHDR chunk, or None if not a PNG."""
+    if data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    return width, height, depth, colour
+
+
+def decode_gray(data: bytes, *, rows: int | None = None) -> np.ndarray | None:
     """(H, W) uint8/uint16 array of a greyscale PNG whose rows use filters None/Sub/Up only, else
-    None. Raises ``ValueError`` for a corrupt stream."""
+    None. ``rows``: inflate and return only the first ``rows`` rows (rows are stored top down, so a
+    caller that needs no more stops early). Raises ``ValueError`` for a corrupt stream."""
     if data[:8] != _SIGNATURE:
         return None
-    pos, idat, header = 8, [], None
+    pos, idat, ihdr = 8, [], None
     n = len(data)
     while pos + 8 <= n:
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
+            ihdr = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             idat.append(body)
         elif kind == b"IEND":
             break
         pos += 12 + length
-    if header is None:
+    if ihdr is None:
         return None
-    width, height, depth, colour, _, _, interlace = header
+    width, height, depth, colour, _, _, interlace = ihdr
     if colour != 0 or depth not in (8, 16) or interlace != 0 or width == 0 or height == 0:
         return None
     bpp = depth // 8
     stride = width * bpp + 1
+    if rows is not None:
+        height = max(1, min(height, rows))
     size = stride * height
     try:
         # Probe the first rows: a stream with Average/Paeth rows goes back to the caller early.
@@ -58,7 +69,9 @@ def decode_gray(data: bytes) -> np.ndarray | None:
         head = inflater.decompress(b"".join(idat), stride * PROBE_ROWS)
         if any(head[i] > 2 for i in range(0, len(head) - len(head) % stride, stride)):
             return None
-        raw = np.frombuffer(head + inflater.decompress(inflater.unconsumed_tail), np.uint8)
+        rest = max(0, size - len(head))
+        tail = inflater.decompress(inflater.unconsumed_tail, rest) if rest else b""
+        raw = np.frombuffer(head + tail, np.uint8)
     except Exception as exc:  # zlib.error, or isal's IsalError
         raise ValueError(f"PNG data does not inflate ({exc})") from None
     if raw.size < size:

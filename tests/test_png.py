@@ -49,3 +49,14 @@ def test_truncated_stream_raises():
     idat = data.index(b"IDAT")
     with pytest.raises(ValueError):
         decode_gray(data[: idat + 40] + data[-12:])
+
+
+def test_first_rows_only_and_header():
+    arr = np.arange(60 * 70, dtype=np.uint16).reshape(60, 70) * 7
+    data = encode(arr, "up")
+    assert np.array_equal(decode_gray(data, rows=13), arr[:13])
+    assert np.array_equal(decode_gray(data, rows=500), arr)
+    from datakit.png import header
+
+    assert header(data) == (70, 60, 16, 0)
+    assert header(b"nope") is None
