@@ -66,8 +66,11 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
     if raw is not None and raw.dtype != np.uint16:
         raise SampleError(f"{key}: depth must be a 16-bit PNG, got {raw.dtype}")
     physical = raw.astype(np.float32) * np.float32(meta["depth_scale"]) if raw is not None else None
-    out = schema.DecodedSample(key=key, rgb=image, meta=meta, depth=physical, depth_raw=raw,
-                               label=decoded.get("label"), url=str(sample.get("__url__", "")))
+    # rgb is None when a JPEG was left encoded (rgb=False): the caller holds the bytes instead.
+    out = schema.DecodedSample(
+        key=key, rgb=image, meta=meta, depth=physical, depth_raw=raw,  # type: ignore[arg-type]
+        label=decoded.get("label"), url=str(sample.get("__url__", "")),
+    )
     return out, jpeg
 
 

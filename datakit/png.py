@@ -76,11 +76,11 @@ def decode_gray(data: bytes, *, rows: int | None = None) -> np.ndarray | None:
         raise ValueError(f"PNG data does not inflate ({exc})") from None
     if raw.size < size:
         raise ValueError("PNG data is truncated")
-    rows = raw[:size].reshape(height, stride)
-    filters = rows[:, 0]
+    scanlines = raw[:size].reshape(height, stride)
+    filters = scanlines[:, 0]
     if (filters > 2).any():
         return None
-    out = np.ascontiguousarray(rows[:, 1:])
+    out = np.ascontiguousarray(scanlines[:, 1:])
     # Row by row with whole-row vector adds: faster than numpy's cumsum along either axis here.
     prev = None
     for row, kind in zip(out, filters.tolist(), strict=True):
