@@ -51,8 +51,8 @@ class TrainConfig:
     crop_scale_min: float = 0.08
     photometric: bool = True
     shuffle_buffer: int = 1000  # samples
-    resampled: bool = False  # draw shards with replacement (ranks no longer disjoint) ...
-    epoch_samples: int | None = None  # ... in "epochs" of this many samples (None = the split's size)
+    resampled: bool = False  # draw shards with replacement, ranks no longer disjoint
+    epoch_samples: int | None = None  # samples per "epoch" when resampled (None = the split's)
     gpu_views: bool | None = None  # decode JPEGs and resample views on the GPU; None = on for CUDA
     # optimisation
     optimizer: str | None = None  # lars | sgd | adamw; None = the method's recipe
