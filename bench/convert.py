@@ -2,14 +2,16 @@
 
     python bench/convert.py --num 128 --size 320x240
 
-Runs each configuration in the same process sequence, reports samples/s and the 2-worker/1-worker
-ratio (the scaling figure; absolute rates depend on the machine and its load).
+Runs each configuration in turn and reports wall-clock samples/s, samples per CPU-second (per core:
+the figure that does not depend on what else the machine is doing) and the 2-worker/1-worker
+wall-clock ratio (the scaling figure, meaningful only on an otherwise idle machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -17,15 +19,23 @@ import tempfile
 import time
 
 
-def run(num: int, size: str, workers: int, out: str) -> float:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(num: int, size: str, workers: int, out: str) -> tuple[float, float]:
+    """(wall-clock samples/s, samples per CPU-second) of one conversion."""
     shutil.rmtree(out, ignore_errors=True)
+    c0 = _children_cpu()
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "datakit", "convert", "synthetic", out, "--num", str(num), "--size", size,
          "--shard-size", "64", "--workers", str(workers), "--no-progress"],
         check=True, capture_output=True,
     )
-    return num / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return num / wall, num / (_children_cpu() - c0)
 
 
 def main() -> None:
@@ -36,13 +46,15 @@ def main() -> None:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench-convert-")
     try:
-        rates: dict[int, float] = {}
+        load0 = os.getloadavg()[0]
+        rates: dict[int, tuple[float, float]] = {}
         for w in (1, 2):
-            rates[w] = max(run(args.num, args.size, w, os.path.join(tmp, f"w{w}")) for _ in range(args.repeats))
-        print(f"| size | samples | workers=1 samples/s | workers=2 samples/s | ratio |")
-        print(f"|---|---|---|---|---|")
-        print(f"| {args.size} | {args.num} | {rates[1]:.1f} | {rates[2]:.1f} | {rates[2] / rates[1]:.2f}x |")
-        print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+            runs = [run(args.num, args.size, w, os.path.join(tmp, f"w{w}")) for _ in range(args.repeats)]
+            rates[w] = (max(r[0] for r in runs), max(r[1] for r in runs))
+        print("| size | samples | workers=1 samples/s | workers=2 samples/s | 2w/1w | samples per CPU-s (1w) | load before/after |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {args.size} | {args.num} | {rates[1][0]:.1f} | {rates[2][0]:.1f} | "
+              f"{rates[2][0] / rates[1][0]:.2f}x | {rates[1][1]:.1f} | {load0:.1f} / {os.getloadavg()[0]:.1f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
