@@ -212,6 +212,13 @@ def test_exported_route_gives_identical_samples(tmp_path: Path, spec: fx.SensSpe
     )
     for x, y in zip(sa, sb, strict=True):
         assert encode(x) == encode(y)  # byte-identical members: rgb, depth, label, json
+    # every frame exported (frame 5 has a -inf pose, written as "-inf" text): still identical
+    c = tmp_path / "c"
+    fx.write_exported(c / "scans" / "scene0001_00", spec)
+    sa, _ = _samples(a, frame_skip=5)
+    sc, _ = _samples(c, frame_skip=5)
+    assert [s.meta["frame"] for s in sc] == [0, 5, 10] and "pose" not in sc[1].meta
+    assert [encode(x) for x in sa] == [encode(y) for y in sc]
 
 
 def test_corrupt_frames_are_skipped_with_reason(tmp_path: Path, spec: fx.SensSpec) -> None:
