@@ -26,19 +26,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import IO, Any, Protocol
+from urllib.parse import urlsplit
 
-from datakit.storage import (
-    StorageConfig,
-    StorageError,
-    TruncatedRead,
-    _short,
+from datakit.remote import StorageConfig, StorageError, TruncatedRead, _short, retry
+from datakit.storage import filesystem, fs_path, s3_client
+from datakit.urls import (
     credentials_snapshot,
-    filesystem,
-    fs_path,
     install_credentials,
     is_url,
     redact,
-    retry,
     url_credentials,
 )
 
@@ -100,9 +96,10 @@ class FsspecSource:
         pass
 
 
-class HttpSource:
-    """An http(s) URL: one streaming GET, resumed at the failed offset with ``Range: bytes=N-``
-    (servers that ignore ranges are re-read from the start and the first N bytes skipped)."""
+class StreamSource:
+    """One streaming GET per shard, read in order; after a failure the stream is reopened at the
+    failed offset with ``Range: bytes=N-`` (where a server ignores ranges, the first N bytes are
+    read again and skipped). Subclasses send the request."""
 
     sequential = True
 
@@ -114,43 +111,34 @@ class HttpSource:
         self._size: int | None = None
         self._etag = ""
 
+    def _request(self, start: int) -> tuple[Any, int | None, str, bool]:
+        """(readable body, object size or None, ETag, whether the body starts at ``start``)."""
+        raise NotImplementedError
+
     def _open(self, start: int) -> None:
         self._drop()
-        headers = {"Range": f"bytes={start}-"} if start else {}
-        creds = url_credentials(self.url)
-        if creds:
-            token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        req = urllib.request.Request(self.url, headers=headers)
-        resp = urllib.request.urlopen(req, timeout=self.config.timeout_s)  # noqa: S310 - http(s) only
+        resp, total, etag, ranged = self._request(start)
         try:
-            total: int | None = None
-            content_range = resp.headers.get("Content-Range", "")
-            if resp.status == 206 and "/" in content_range:
-                tail = content_range.rsplit("/", 1)[1]
-                total = int(tail) if tail.isdigit() else None
-            elif resp.headers.get("Content-Length"):
-                total = int(resp.headers["Content-Length"])
             if self._size is None:
                 if total is None:
-                    raise StorageError(f"{self.url}: the server gives no Content-Length")
-                self._size = total
-                self._etag = resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""
-            if start and resp.status != 206:  # no range support: skip what we already have
+                    raise StorageError(f"{self.url}: the server gives no object size")
+                self._size, self._etag = total, etag
+            if start and not ranged:  # no range support: skip what we already have
                 left = start
                 while left:
                     got = resp.read(min(left, 1 << 20))
                     if not got:
-                        raise TruncatedRead(f"{redact(self.url)}: body ended at {start - left}")
+                        raise TruncatedRead(f"body ended at byte {start - left}")
                     left -= len(got)
         except BaseException:
-            resp.close()
+            with contextlib.suppress(Exception):
+                resp.close()
             raise
         self._resp, self._pos = resp, start
 
     def _drop(self) -> None:
         if self._resp is not None:
-            with contextlib.suppress(OSError):  # a broken connection may fail to close
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
                 self._resp.close()
             self._resp = None
 
@@ -160,8 +148,18 @@ class HttpSource:
         assert self._size is not None
         return self._size
 
+    def _head(self) -> tuple[int | None, str]:
+        """(object size, ETag) without the body."""
+        raise NotImplementedError
+
     def identity(self) -> str:
-        return f"{self.size()}:{self._etag}"
+        """Size and ETag, by a HEAD request when no GET is open (a cache hit needs no body)."""
+        if self._size is None:
+            total, etag = retry(self._head, self.url, self.config)
+            if total is None:
+                raise StorageError(f"{self.url}: the server gives no object size")
+            self._size, self._etag = total, etag
+        return f"{self._size}:{self._etag}"
 
     def read_range(self, start: int, end: int) -> bytes:
         try:
@@ -180,9 +178,67 @@ class HttpSource:
         self._drop()
 
 
+class HttpSource(StreamSource):
+    """An http(s) URL through urllib (Basic auth from credentials taken out of the URL)."""
+
+    def _request(self, start: int) -> tuple[Any, int | None, str, bool]:
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        resp = urllib.request.urlopen(self._req(headers), timeout=self.config.timeout_s)  # noqa: S310
+        total: int | None = None
+        content_range = resp.headers.get("Content-Range", "")
+        if resp.status == 206 and content_range.rsplit("/", 1)[-1].isdigit():
+            total = int(content_range.rsplit("/", 1)[1])
+        elif resp.status != 206 and resp.headers.get("Content-Length"):
+            total = int(resp.headers["Content-Length"])
+        etag = resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""
+        return resp, total, etag, resp.status == 206 or not start
+
+    def _head(self) -> tuple[int | None, str]:
+        resp = urllib.request.urlopen(self._req({}, "HEAD"), timeout=self.config.timeout_s)  # noqa: S310
+        with resp:
+            length = resp.headers.get("Content-Length")
+            etag = resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""
+            return (int(length) if length else None), etag
+
+    def _req(self, headers: dict[str, str], method: str = "GET") -> urllib.request.Request:
+        creds = url_credentials(self.url)
+        if creds:
+            token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            headers = {**headers, "Authorization": f"Basic {token}"}
+        return urllib.request.Request(self.url, headers=headers, method=method)
+
+
+class S3Source(StreamSource):
+    """An s3:// object through botocore's own (threaded, blocking) client: one GetObject per shard,
+    no HEAD (the size comes with the body), resumed with a ranged GetObject."""
+
+    def __init__(self, url: str, config: StorageConfig) -> None:
+        super().__init__(url, config)
+        parts = urlsplit(url)
+        self.bucket, self.key = parts.netloc, parts.path.lstrip("/")
+
+    def _request(self, start: int) -> tuple[Any, int | None, str, bool]:
+        kwargs = {"Range": f"bytes={start}-"} if start else {}
+        resp = s3_client(self.url, self.config).get_object(
+            Bucket=self.bucket, Key=self.key, **kwargs
+        )
+        content_range = resp.get("ContentRange") or ""
+        if content_range.rsplit("/", 1)[-1].isdigit():
+            total: int | None = int(content_range.rsplit("/", 1)[1])
+        else:
+            total = resp.get("ContentLength") if not start else None
+        return resp["Body"], total, resp.get("ETag", ""), bool(content_range) or not start
+
+    def _head(self) -> tuple[int | None, str]:
+        resp = s3_client(self.url, self.config).head_object(Bucket=self.bucket, Key=self.key)
+        return resp.get("ContentLength"), resp.get("ETag", "")
+
+
 def make_source(url: str, config: StorageConfig, fs: Any = None) -> RangeSource:
     if url.startswith(("http://", "https://")):
         return HttpSource(url, config)
+    if url.startswith("s3://"):
+        return S3Source(url, config)
     return FsspecSource(url, config, fs)
 
 
@@ -218,7 +274,7 @@ class ShardStream(io.RawIOBase):
                 raise TruncatedRead(f"got {len(data)} of {end - start} bytes at offset {start}")
             return data
 
-        return retry(once, self.source.url, self.config)
+        return retry(once, self.source.url, self.config, cancelled=lambda: self.closed)
 
     def _fill(self) -> None:
         while self._next < self.size and len(self._pending) < 1 + self.config.readahead:
@@ -453,15 +509,30 @@ class ShardSamples:
     def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
         install_credentials(self.credentials)
         config = self.config or StorageConfig.from_env()
-        for item in src:
-            url = item["url"] if isinstance(item, dict) else str(item)
-            yield from self._shard(url, config)
+        # The next shard is opened (and its first chunks fetched) while this one is read, so that a
+        # shard's first-byte latency overlaps work: at most two shards are open at a time.
+        opener = ThreadPoolExecutor(1, thread_name_prefix="datakit-open")
+        pending: deque[tuple[str, Future[IO[bytes]]]] = deque()
+        try:
+            for item in src:
+                url = item["url"] if isinstance(item, dict) else str(item)
+                pending.append((url, opener.submit(open_shard, url, config)))
+                if len(pending) > 1:
+                    yield from self._shard(*pending.popleft(), config)
+            while pending:
+                yield from self._shard(*pending.popleft(), config)
+        finally:
+            for _, fut in pending:  # the consumer stopped early: close what was opened for it
+                fut.add_done_callback(_close_opened)
+            opener.shutdown(wait=False, cancel_futures=True)
 
-    def _shard(self, url: str, config: StorageConfig) -> Iterator[dict[str, Any]]:
+    def _shard(
+        self, url: str, opened: Future[IO[bytes]], config: StorageConfig
+    ) -> Iterator[dict[str, Any]]:
         shown = redact(url)
         count = 0
         try:
-            stream = open_shard(url, config)
+            stream = opened.result()
             try:
                 for key, members in iter_shard_samples(stream):
                     count += 1
@@ -480,6 +551,11 @@ class ShardSamples:
                 log.warning("skipping shard: %s", err)
                 return
             raise err from None
+
+
+def _close_opened(fut: Future[IO[bytes]]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 def _gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:

@@ -29,7 +29,7 @@ from datakit.storage import (
     register_url_credentials,
     retry,
 )
-from datakit.streaming import ShardStream, make_source, open_shard, open_stream
+from datakit.streaming import FsspecSource, ShardStream, make_source, open_shard, open_stream
 from tests.s3server import FaultProxy, S3Server
 
 pytestmark = pytest.mark.timeout(180)
@@ -95,9 +95,9 @@ def test_redact_hides_credentials_and_signatures():
 
 
 def test_credentials_leave_the_url(monkeypatch):
-    import datakit.storage
+    import datakit.urls
 
-    monkeypatch.setattr(datakit.storage, "_CREDENTIALS", {})
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})
     clean = register_url_credentials("s3://KEY:SECRET@bucket-x/prefix")
     assert clean == "s3://bucket-x/prefix"
     loc = Location("s3://KEY:SECRET@bucket-x/prefix")
@@ -239,9 +239,9 @@ def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
 
 
 def test_credentials_in_the_url_never_reach_output_or_manifest(aws, monkeypatch):
-    import datakit.storage
+    import datakit.urls
 
-    monkeypatch.setattr(datakit.storage, "_CREDENTIALS", {})  # what this test registers stays here
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})  # what this test registers stays here
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     url = f"s3://{aws.access_key}:{aws.secret_key}@{aws.bucket}/inurl"
@@ -344,18 +344,31 @@ def proxied(aws, monkeypatch) -> FaultProxy:
 
 
 def test_transient_faults_are_retried_and_resumed(aws, datasets, proxied):
+    """s3:// streams one GetObject per shard; a failure mid-body resumes at the failed offset."""
     local, _ = datasets
     name = "train-000000.tar"
     want = (local / name).read_bytes()
     cfg = FAST.with_(chunk_bytes=16 << 10, readahead=0, attempts=4)
-    proxied.faults.extend(["reset", "503", ("truncate", 9000), "pass", ("truncate", 900)])
+    # reset and 503 before any byte; then two bodies cut ~1 KiB after the first chunk they carry
+    proxied.faults.extend(["reset", "503", ("truncate", 18000), ("truncate", 18000)])
     with open_stream(f"s3://{aws.bucket}/syn/{name}", cfg) as f:
         assert f.read() == want
-    gets = [r for r in proxied.requests if r[0].startswith("GET ")]
-    ranges = [r[1] for r in gets]
-    # every range was asked again after its failure, never the shard from the start
-    assert ranges[:6] == ["bytes=0-16383"] * 4 + ["bytes=16384-32767"] * 2, ranges
+    ranges = [r[1] for r in proxied.requests if r[0].startswith("GET ")]
+    assert ranges == ["", "", "", "bytes=16384-", "bytes=32768-"], ranges
     assert not proxied.faults
+
+
+def test_ranged_reader_retries_each_chunk(aws, datasets, proxied):
+    """The fsspec path (gs://, az://, ...) asks one range per chunk; a failed chunk is asked again."""
+    local, _ = datasets
+    name = "train-000001.tar"
+    cfg = FAST.with_(chunk_bytes=16 << 10, readahead=0, attempts=4)
+    proxied.faults.extend(["reset", "503", ("truncate", 9000), "pass", ("truncate", 900)])
+    url = f"s3://{aws.bucket}/syn/{name}"
+    with ShardStream(FsspecSource(url, cfg), cfg) as f:
+        assert f.read() == (local / name).read_bytes()
+    ranges = [r[1] for r in proxied.requests if r[0].startswith("GET ")]
+    assert ranges[:6] == ["bytes=0-16383"] * 4 + ["bytes=16384-32767"] * 2, ranges
 
 
 def test_http_resume_after_truncation_without_range_support(datasets, http_server):
@@ -556,3 +569,73 @@ def test_local_errors_name_the_file(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"not a tar" * 100)
     with pytest.raises(StorageError, match="bad.tar: unreadable shard"):
         list(pipeline([str(tmp_path / "bad.tar")]))
+
+
+def _ddp_rank(
+    rank: int, world: int, init_file: str, url: str, log_dir: str, env: dict[str, str]
+) -> None:
+    """One DDP rank (gloo, CPU): a make_loader epoch with 2 workers; every shard each worker opens
+    is logged to ``log_dir``."""
+    os.environ.update(env)
+    import torch.distributed as dist
+    import torch.utils.data
+
+    import datakit.streaming as streaming
+    from datakit import ViewConfig, make_loader
+
+    opened = streaming.open_shard
+
+    def logging_open(shard_url: str, *args: Any, **kwargs: Any) -> Any:
+        info = torch.utils.data.get_worker_info()
+        with open(
+            os.path.join(log_dir, f"{rank}-{info.id if info else -1}-{os.getpid()}"), "a"
+        ) as f:
+            f.write(shard_url + "\n")
+        return opened(shard_url, *args, **kwargs)
+
+    streaming.open_shard = logging_open  # type: ignore[assignment]
+    # a spawned process defaults its children to spawn: fork the loader workers so they keep the patch
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        loader = make_loader(
+            url, 2, views=ViewConfig(size=32), num_workers=2, resampled=False, shuffle=False
+        )
+        assert sum(1 for _ in loader) == len(loader) == 8
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ddp_gloo_make_loader_two_ranks_two_workers(aws, tmp_path):
+    """The same property through torch.distributed (gloo, 2 processes) and make_loader."""
+    import torch.multiprocessing as tmp
+
+    url = f"s3://{aws.bucket}/ddp8"
+    res = run(
+        "convert",
+        "synthetic",
+        url,
+        "--num",
+        "32",
+        "--size",
+        "48x32",
+        "--shard-size",
+        "4",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    urls = set(open_dataset(url).shard_urls())
+    logs = tmp_path / "opened"
+    logs.mkdir()
+    tmp.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), url, str(logs), aws.env()), nprocs=2)
+    seen = {}
+    for f in logs.iterdir():
+        rank, worker, _ = f.name.split("-")
+        seen.setdefault((int(rank), int(worker)), set()).update(f.read_text().split())
+    assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    groups = list(seen.values())
+    assert all(len(g) == 2 for g in groups) and set().union(*groups) == urls and len(urls) == 8
