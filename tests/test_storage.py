@@ -161,6 +161,20 @@ def test_retry_is_bounded_and_only_for_transient_errors():
     assert len(calls) == 1
 
 
+def test_error_from_a_loader_worker_stays_one_line(tmp_path):
+    """torch re-raises a worker's exception with the worker's traceback in its message."""
+    from torch._utils import ExceptionWrapper
+
+    missing = str(tmp_path / "train-000009.tar")
+    try:
+        list(pipeline([missing], decode=False))
+    except StorageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(StorageError) as info:
+        wrapped.reraise()
+    assert str(info.value) == f"{missing}: not found"
+
+
 def test_config_from_env(monkeypatch):
     monkeypatch.setenv("DATAKIT_READ_CHUNK", "4M")
     monkeypatch.setenv("DATAKIT_IO_TIMEOUT", "7.5")
@@ -223,6 +237,8 @@ def test_resume_against_the_bucket(aws, datasets):
 
 
 def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
+    if aws.kind == "moto":
+        pytest.skip("moto's server accepts any credentials")
     _, url = datasets
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
     for args in (
@@ -263,6 +279,8 @@ def test_credentials_in_the_url_never_reach_output_or_manifest(aws, monkeypatch)
     for key in ("inurl/_info.json",):
         body = client.get_object(Bucket=aws.bucket, Key=key)["Body"].read().decode()
         assert aws.secret_key not in body and aws.access_key not in body
+    if aws.kind == "moto":
+        return  # moto's server accepts any credentials
     bad = f"s3://{aws.access_key}:not-the-secret@{aws.bucket}/inurl"
     res = run("info", bad)
     assert (
