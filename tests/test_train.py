@@ -266,3 +266,26 @@ def test_train_on_cuda(
     assert len(recs) == 6 and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["precision"] == "auto" and checkpoint.load(run / "last.pt")["step"] == 6
+
+
+def test_prefetching_stream_gives_the_same_batches_and_positions(synthetic_dataset: Path) -> None:
+    from datakit.reader import open_dataset
+    from training.data import BatchStream
+
+    cfg = TrainConfig(data=str(synthetic_dataset), out="-", image_size=64, workers=0)
+    seen = []
+    for prefetch in (0, 2):
+        stream = BatchStream(open_dataset(cfg.data), cfg, per_rank=4, position={"epoch": 0, "batch": 3},
+                             prefetch=prefetch)  # fmt: skip
+        try:
+            seen.append(
+                [(next(stream)["view1"].sum().item(), dict(stream.position)) for _ in range(3)]
+            )
+        finally:
+            stream.close()
+    assert seen[0] == seen[1]
+    assert [p for _, p in seen[0]] == [
+        {"epoch": 0, "batch": 4},
+        {"epoch": 1, "batch": 1},
+        {"epoch": 1, "batch": 2},
+    ]

@@ -53,6 +53,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000  # samples
     resampled: bool = False  # draw shards with replacement, ranks no longer disjoint
     epoch_samples: int | None = None  # samples per "epoch" when resampled (None = the split's)
+    prefetch: int | None = None  # batches prepared ahead in a thread; None = 2 on CUDA, 0 on CPU
     gpu_views: bool | None = None  # decode JPEGs and resample views on the GPU; None = on for CUDA
     # optimisation
     optimizer: str | None = None  # lars | sgd | adamw; None = the method's recipe

@@ -249,13 +249,15 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
             position = state["data"][rt.rank]
         else:  # another world size: every rank starts the next epoch
             position = {"epoch": int(state["data"][0]["epoch"]) + 1, "batch": 0}
-    gpu_views = cfg.gpu_views if cfg.gpu_views is not None else rt.device.type == "cuda"
+    cuda = rt.device.type == "cuda"
     stream = BatchStream(
         dataset,
         cfg,
         per_rank=cfg.batch_size // (rt.world * cfg.accum_steps),
         position=position,
-        device=str(rt.device) if gpu_views else "cpu",
+        device=str(rt.device),
+        gpu_views=cfg.gpu_views if cfg.gpu_views is not None else cuda,
+        prefetch=cfg.prefetch if cfg.prefetch is not None else (2 if cuda else 0),
     )
     log = MetricsLog(
         Path(cfg.out),
