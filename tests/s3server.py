@@ -97,6 +97,14 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(10)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed leaves some gRPC unix sockets in /tmp whatever TMPDIR says: they are ours by port."""
+        ports = [a.split("=", 1)[1] for a in self._args if ".grpc=" in a]
+        for port in ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                path.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 60.0) -> None:
         """Start again on the same ports and data (after :meth:`kill` or :meth:`stop`)."""
@@ -107,6 +115,8 @@ class S3Server:
 
 def _spawn(args: list[str], data_dir: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    (data_dir / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(data_dir / "tmp")
     log = open(data_dir / "weed.out", "ab")  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
