@@ -85,7 +85,8 @@ class Converter(ABC):
     def config_dict(self) -> dict[str, Any]:
         """The converter's arguments as written to ``_info.json["args"]``."""
         cfg = self.config
-        return {k: _jsonable(v) for k, v in (asdict(cfg) if is_dataclass(cfg) else {}).items()}
+        fields = asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else {}
+        return {k: _jsonable(v) for k, v in fields.items()}
 
     @abstractmethod
     def units(self) -> list[WorkUnit]:

@@ -18,18 +18,26 @@ from datakit.errors import DatakitError
 
 
 class CliError(click.ClickException):
-    """A DatakitError shown as ``Error: <message>`` with the error's exit code."""
+    """A DatakitError shown as ``Error: <message>``, exit status 1 (bad data)."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
+
+
+class CliUsageError(CliError):
+    """Exit status 2 (arguments that contradict each other or the state of the output)."""
+
+    exit_code = 2
+
+
+def _cli_error(message: str, exit_code: int = 1) -> CliError:
+    return CliUsageError(message) if exit_code == 2 else CliError(message)
 
 
 def _run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except DatakitError as exc:
-        raise CliError(str(exc), exc.exit_code) from None
+        raise _cli_error(str(exc), exc.exit_code) from None
     except FileNotFoundError as exc:
         raise CliError(f"{exc.filename}: no such file or directory") from None
     except PermissionError as exc:
@@ -123,7 +131,7 @@ def _convert_command(name: str) -> click.Command:
         out = kwargs.pop("out")
         common = {k: kwargs.pop(k) for k in COMMON_NAMES}
         if common["resume"] and common["overwrite"]:
-            raise CliError("--resume and --overwrite exclude each other", 2)
+            raise CliUsageError("--resume and --overwrite exclude each other")
         mode = "resume" if common.pop("resume") else "overwrite" if common.pop("overwrite") else "new"
         common.pop("overwrite", None)
         common["max_shard_bytes"] = _parse_bytes(common["max_shard_bytes"])
@@ -347,7 +355,7 @@ def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> No
     from training.evaluate import build_config, evaluate
 
     if (flags["checkpoint"] is None) == (not random_init):
-        raise CliError("pass --checkpoint RUN/last.pt, or --random-init for the baseline (not both)", 2)
+        raise CliUsageError("pass --checkpoint RUN/last.pt, or --random-init for the baseline (not both)")
     cfg = build_config(("config", read_yaml(config_file) if config_file else {}), ("flags", flags))
     r = evaluate(cfg, log=lambda msg: click.echo(msg, err=True))
     click.echo(f"{r['protocol']} probe, {r['arch']} {'+'.join(r['levels'])}: {r['num_train']} train / "
