@@ -238,6 +238,9 @@ def gpu_stage(data: str, batch: int = 256, reps: int = 10) -> dict[str, float]:
 
 
 def make_dataset(out: str, num: int, size: str, workers: int) -> None:
+    if Path(out, "_info.json").exists():
+        print(json.dumps({"reusing": out}))
+        return
     from converters.synthetic import SyntheticConfig, SyntheticConverter
     from datakit.writer import ConvertConfig, convert
 
