@@ -49,14 +49,16 @@ class PixProStyleViews:
 
         self.size = size
         self.colour = [
-            T.Compose([
-                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                T.RandomGrayscale(p=0.2),
-                T.RandomApply([self._blur], p=blur),
-                T.RandomApply([self._solarize], p=sol),
-                T.ToTensor(),
-                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-            ])
+            T.Compose(
+                [
+                    T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                    T.RandomGrayscale(p=0.2),
+                    T.RandomApply([self._blur], p=blur),
+                    T.RandomApply([self._solarize], p=sol),
+                    T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                ]
+            )
             for blur, sol in ((1.0, 0.0), (0.1, 0.2))
         ]
         self.crop = T.RandomResizedCrop(size, scale=(0.08, 1.0))
@@ -89,18 +91,25 @@ class PixProStyleViews:
         out: dict[str, Any] = {}
         for v in (0, 1):
             i, j, ch, cw = self.crop.get_params(rgb, self.crop.scale, self.crop.ratio)
-            img = F.resized_crop(rgb, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.BILINEAR)
+            img = F.resized_crop(
+                rgb, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.BILINEAR
+            )
             coord = [j / (w - 1), i / (h - 1), (j + cw - 1) / (w - 1), (i + ch - 1) / (h - 1)]
             d = None
             if depth is not None:
-                d = F.resized_crop(depth, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.NEAREST)
+                d = F.resized_crop(
+                    depth, i, j, ch, cw, [self.size, self.size], F.InterpolationMode.NEAREST
+                )
             if random.random() < 0.5:
                 img = F.hflip(img)
                 coord = [coord[2], coord[1], coord[0], coord[3]]
                 d = F.hflip(d) if d is not None else None
             out[f"view{v + 1}"] = self.colour[v](img)
-            dep = np.asarray(d, dtype=np.float32) * meta["depth_scale"] if d is not None else \
-                np.zeros((self.size, self.size), np.float32)
+            dep = (
+                np.asarray(d, dtype=np.float32) * meta["depth_scale"]
+                if d is not None
+                else np.zeros((self.size, self.size), np.float32)
+            )
             out[f"depth{v + 1}"] = torch.from_numpy(dep)[None]
             out[f"coords{v + 1}"] = torch.tensor(coord)
         return out
@@ -109,8 +118,14 @@ class PixProStyleViews:
 def baseline_loader(urls: list[str], batch: int, workers: int, epoch_samples: int) -> Any:
     import webdataset as wds
 
-    pipe = pipeline(urls, shuffle_shards=True, shuffle_buffer=256, split_by_worker=True,
-                    resampled=True, decode=False)
+    pipe = pipeline(
+        urls,
+        shuffle_shards=True,
+        shuffle_buffer=256,
+        split_by_worker=True,
+        resampled=True,
+        decode=False,
+    )
     pipe.append(wds.map(PixProStyleViews()))
     pipe.append(wds.batched(batch, collation_fn=torch.utils.data.default_collate, partial=False))
     pipe = pipe.with_epoch(nbatches=max(1, epoch_samples // batch // max(workers, 1)))
@@ -120,8 +135,9 @@ def baseline_loader(urls: list[str], batch: int, workers: int, epoch_samples: in
 # --------------------------------------------------------------------------------- measuring
 
 
-def rate(loader: Any, samples: int, *, cuda: bool = False, warmup: int = 1,
-         cpu_time: bool = False) -> float:
+def rate(
+    loader: Any, samples: int, *, cuda: bool = False, warmup: int = 1, cpu_time: bool = False
+) -> float:
     """Paired samples per second after ``warmup`` batches (startup excluded). ``cpu_time``: per
     second of this process's CPU time (robust on a shared machine when all work is in-process)."""
     clock = time.process_time if cpu_time else time.perf_counter
@@ -141,10 +157,18 @@ def rate(loader: Any, samples: int, *, cuda: bool = False, warmup: int = 1,
 
 
 def ours(data: str, batch: int, workers: int, samples: int, *, gpu: bool = False) -> Any:
-    return make_loader(data, batch, views=ViewConfig(labels=False), num_workers=workers, resampled=True,
-                       shuffle_buffer=256, epoch_samples=samples + 8 * batch * (workers + 1),
-                       device="cuda" if gpu else "cpu", pin_memory=gpu or torch.cuda.is_available(),
-                       prefetch_factor=(2 if gpu else 4) if workers else None)
+    return make_loader(
+        data,
+        batch,
+        views=ViewConfig(labels=False),
+        num_workers=workers,
+        resampled=True,
+        shuffle_buffer=256,
+        epoch_samples=samples + 8 * batch * (workers + 1),
+        device="cuda" if gpu else "cpu",
+        pin_memory=gpu or torch.cuda.is_available(),
+        prefetch_factor=(2 if gpu else 4) if workers else None,
+    )
 
 
 def _cpu_ms(fn: Any, items: list[Any]) -> tuple[float, list[Any]]:
@@ -185,11 +209,14 @@ def breakdown(data: str, n: int = 64) -> dict[str, float]:
     out["rgb_jpeg_schema_codec"], _ = _cpu_ms(lambda s: CODECS["rgb.jpg"].decode(s["rgb.jpg"]), raw)
     out["depth_png16_fast"], _ = _cpu_ms(lambda s: png.decode_gray(s["depth.png"]), raw)
     out["depth_png16_opencv"], _ = _cpu_ms(
-        lambda s: cv2.imdecode(np.frombuffer(s["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED), raw)
+        lambda s: cv2.imdecode(np.frombuffer(s["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED), raw
+    )
     out["decode_all"], decoded = _cpu_ms(lambda s: decode_for_views(s, labels=False)[0], raw)
 
     def geometry(s: Any) -> list[Any]:
-        params = sample_pair(sample_seed(0, 0, s.key), *s.rgb.shape[:2], cfg, periodic=is_periodic(s))
+        params = sample_pair(
+            sample_seed(0, 0, s.key), *s.rgb.shape[:2], cfg, periodic=is_periodic(s)
+        )
         return [apply_geometry(s, p, cfg) for p in params]
 
     out["geometry_2views"], views = _cpu_ms(geometry, decoded)
@@ -204,7 +231,9 @@ def breakdown(data: str, n: int = 64) -> dict[str, float]:
     for i in range(0, len(pairs), 16):
         collate_views(pairs[i : i + 16], cfg)
     out["collate"] = (time.process_time() - t) / len(pairs) * 1e3
-    out["gpu_path_worker_prepare"], enc = _cpu_ms(lambda s: prepare_encoded(s, cfg, seed=0, epoch=0), raw)
+    out["gpu_path_worker_prepare"], enc = _cpu_ms(
+        lambda s: prepare_encoded(s, cfg, seed=0, epoch=0), raw
+    )
     t = time.process_time()
     collate_encoded(enc, cfg)
     out["gpu_path_worker_collate"] = (time.process_time() - t) / len(enc) * 1e3
@@ -225,7 +254,10 @@ def gpu_stage(data: str, batch: int = 256, reps: int = 10) -> dict[str, float]:
     pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in cpu.items()}
     views = GpuViews(cfg, "cuda")
     res: dict[str, float] = {}
-    for name, fn in (("decode_jpeg", lambda: views.decode(pinned)), ("full_gpu_stage", lambda: views(pinned))):
+    for name, fn in (
+        ("decode_jpeg", lambda: views.decode(pinned)),
+        ("full_gpu_stage", lambda: views(pinned)),
+    ):
         fn()
         torch.cuda.synchronize()
         t = time.perf_counter()
@@ -233,7 +265,9 @@ def gpu_stage(data: str, batch: int = 256, reps: int = 10) -> dict[str, float]:
             fn()
         torch.cuda.synchronize()
         res[f"{name}_ms_per_batch{batch}"] = round((time.perf_counter() - t) / reps * 1e3, 2)
-    res["gpu_stage_samples_per_s"] = round(batch / res[f"full_gpu_stage_ms_per_batch{batch}"] * 1e3, 1)
+    res["gpu_stage_samples_per_s"] = round(
+        batch / res[f"full_gpu_stage_ms_per_batch{batch}"] * 1e3, 1
+    )
     return res
 
 
@@ -265,13 +299,24 @@ def repack_png_filter(src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
     info = json.loads(Path(src, "_info.json").read_text())
     for shard in info["shards"]:
-        with tarfile.open(Path(src, shard["name"])) as tin, tarfile.open(Path(dst, shard["name"]), "w") as tout:
+        with (
+            tarfile.open(Path(src, shard["name"])) as tin,
+            tarfile.open(Path(dst, shard["name"]), "w") as tout,
+        ):
             for member in tin:
                 data = tin.extractfile(member).read()  # type: ignore[union-attr]
                 if member.name.split(".", 1)[1] in gray_exts:
                     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-                    data = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                                      cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])[1].tobytes()
+                    data = cv2.imencode(
+                        ".png",
+                        arr,
+                        [
+                            cv2.IMWRITE_PNG_COMPRESSION,
+                            1,
+                            cv2.IMWRITE_PNG_FILTER,
+                            cv2.IMWRITE_PNG_FILTER_UP,
+                        ],
+                    )[1].tobytes()
                 member.size = len(data)
                 tout.addfile(member, io.BytesIO(data))
         blob = Path(dst, shard["name"]).read_bytes()
@@ -283,8 +328,12 @@ def repack_png_filter(src: str, dst: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="dataset folder or URL (640x480 frames for the reference numbers)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", help="dataset folder or URL (640x480 frames for the reference numbers)"
+    )
     ap.add_argument("--make", help="convert synthetic shards into this folder first")
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--size", default="640x480")
@@ -297,14 +346,21 @@ def main() -> None:
     ap.add_argument("--no-per-core", action="store_true")
     ap.add_argument("--baseline-workers", action="store_true", help="also scale the baseline")
     ap.add_argument("--breakdown", action="store_true", help="per-stage ms/sample on one core")
-    ap.add_argument("--repack-up", metavar="DIR",
-                    help="copy --data to DIR with Up-filtered depth/label PNGs and measure that copy")
+    ap.add_argument(
+        "--repack-up",
+        metavar="DIR",
+        help="copy --data to DIR with Up-filtered depth/label PNGs and measure that copy",
+    )
     args = ap.parse_args()
 
     if args.make:
         t = time.perf_counter()
         make_dataset(args.make, args.num, args.size, args.convert_workers)
-        print(json.dumps({"made": args.make, "num": args.num, "seconds": round(time.perf_counter() - t, 1)}))
+        print(
+            json.dumps(
+                {"made": args.make, "num": args.num, "seconds": round(time.perf_counter() - t, 1)}
+            )
+        )
         args.data = args.data or args.make
     if not args.data:
         ap.error("--data or --make is required")
@@ -313,8 +369,11 @@ def main() -> None:
         args.data = args.repack_up
     ds = open_dataset(args.data)
     urls = ds.shard_urls()
-    host = {"cpus": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    host = {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
     print(json.dumps({"host": host, "data": args.data, "samples_in_dataset": len(ds)}))
     rows: list[tuple[str, str, float]] = []
 
@@ -342,18 +401,40 @@ def main() -> None:
         torch.set_num_threads(1)
         r_ours, r_base = [], []
         for r in range(args.rounds):
-            r_ours.append(rate(ours(args.data, args.batch, 0, args.samples), args.samples,
-                               cpu_time=True))
-            r_base.append(rate(baseline_loader(urls, args.batch, 0, args.samples + 2 * args.batch),
-                               args.samples, cpu_time=True))
-            print(json.dumps({"round": r, "ours_per_core": round(r_ours[-1], 1),
-                              "baseline_per_core": round(r_base[-1], 1)}))
+            r_ours.append(
+                rate(ours(args.data, args.batch, 0, args.samples), args.samples, cpu_time=True)
+            )
+            r_base.append(
+                rate(
+                    baseline_loader(urls, args.batch, 0, args.samples + 2 * args.batch),
+                    args.samples,
+                    cpu_time=True,
+                )
+            )
+            print(
+                json.dumps(
+                    {
+                        "round": r,
+                        "ours_per_core": round(r_ours[-1], 1),
+                        "baseline_per_core": round(r_base[-1], 1),
+                    }
+                )
+            )
         mo, mb = statistics.median(r_ours), statistics.median(r_base)
-        print(json.dumps({"per_core_ours": round(mo, 1), "per_core_baseline": round(mb, 1),
-                          "ratio": round(mo / mb, 2)}))
-        rows += [("datakit CPU path, 1 core (num_workers=0)", "samples/CPU-s", mo),
-                 ("PIL + torchvision per sample, 1 core", "samples/CPU-s", mb),
-                 ("ratio (median of rounds)", "x", mo / mb)]
+        print(
+            json.dumps(
+                {
+                    "per_core_ours": round(mo, 1),
+                    "per_core_baseline": round(mb, 1),
+                    "ratio": round(mo / mb, 2),
+                }
+            )
+        )
+        rows += [
+            ("datakit CPU path, 1 core (num_workers=0)", "samples/CPU-s", mo),
+            ("PIL + torchvision per sample, 1 core", "samples/CPU-s", mb),
+            ("ratio (median of rounds)", "x", mo / mb),
+        ]
         cv2.setNumThreads(threads[0])
         torch.set_num_threads(threads[1])
 
@@ -363,14 +444,27 @@ def main() -> None:
         for n in counts:
             batch = 256 if args.gpu else args.batch
             samples = max(args.samples, 100 * n) if not args.gpu else max(args.samples, 8192)
-            rr = rate(ours(args.data, batch, n, samples, gpu=args.gpu), samples, cuda=args.gpu,
-                      warmup=max(1, n))
+            rr = rate(
+                ours(args.data, batch, n, samples, gpu=args.gpu),
+                samples,
+                cuda=args.gpu,
+                warmup=max(1, n),
+            )
             if base_rate is None:
                 base_rate = rr / n
             eff = rr / (n * base_rate)
             name = "GPU path" if args.gpu else "CPU path"
-            print(json.dumps({"path": name, "workers": n, "batch": batch, "samples_per_s": round(rr, 1),
-                              "efficiency_vs_first": round(eff, 2)}))
+            print(
+                json.dumps(
+                    {
+                        "path": name,
+                        "workers": n,
+                        "batch": batch,
+                        "samples_per_s": round(rr, 1),
+                        "efficiency_vs_first": round(eff, 2),
+                    }
+                )
+            )
             rows.append((f"datakit {name}, {n} workers, batch {batch}", "samples/s", rr))
             if args.baseline_workers and not args.gpu:
                 rb = rate(baseline_loader(urls, batch, n, samples + 2 * batch * n), samples)

@@ -50,7 +50,9 @@ class EncodedPair:
     periodic: bool
 
 
-def prepare_encoded(sample: dict[str, Any], cfg: ViewConfig, *, seed: int, epoch: int) -> EncodedPair:
+def prepare_encoded(
+    sample: dict[str, Any], cfg: ViewConfig, *, seed: int, epoch: int
+) -> EncodedPair:
     """Worker side of the GPU path: a WebDataset sample dict -> :class:`EncodedPair`.
 
     The JPEG stays encoded (any other RGB is decoded here and uploaded raw). The crops are drawn
@@ -94,17 +96,30 @@ def _depth_rows(key: str, data: bytes, rows: int, h: int, w: int) -> np.ndarray:
     return codes
 
 
-def encode_decoded(sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator) -> EncodedPair:
+def encode_decoded(
+    sample: schema.DecodedSample, cfg: ViewConfig, rng: np.random.Generator
+) -> EncodedPair:
     """An already decoded sample as an :class:`EncodedPair` (RGB uploaded raw)."""
     h, w = sample.rgb.shape[:2]
     periodic = is_periodic(sample)
     params = sample_pair(rng, h, w, cfg, periodic=periodic)
-    return _encode(sample.key, sample.rgb, h, w, params, cfg, periodic, sample.depth, 1.0, sample.label)
+    return _encode(
+        sample.key, sample.rgb, h, w, params, cfg, periodic, sample.depth, 1.0, sample.label
+    )
 
 
-def _encode(key: str, image: np.ndarray, h: int, w: int, params: tuple[ViewParams, ViewParams],
-            cfg: ViewConfig, periodic: bool, depth: np.ndarray | None, depth_scale: float,
-            label: np.ndarray | None) -> EncodedPair:
+def _encode(
+    key: str,
+    image: np.ndarray,
+    h: int,
+    w: int,
+    params: tuple[ViewParams, ViewParams],
+    cfg: ViewConfig,
+    periodic: bool,
+    depth: np.ndarray | None,
+    depth_scale: float,
+    label: np.ndarray | None,
+) -> EncodedPair:
     wrap = periodic and cfg.periodic_roll
     depths, labels, coords = [], [], []
     for p in params:
@@ -116,21 +131,34 @@ def _encode(key: str, image: np.ndarray, h: int, w: int, params: tuple[ViewParam
         if label is not None and cfg.labels:
             labels.append(label.take(ys, axis=0).take(xs, axis=1).astype(np.int64))
     return EncodedPair(
-        key, image, image.ndim == 1, h, w, params, (coords[0], coords[1]),
-        (depths[0], depths[1]) if depths else None, (labels[0], labels[1]) if labels else None,
+        key,
+        image,
+        image.ndim == 1,
+        h,
+        w,
+        params,
+        (coords[0], coords[1]),
+        (depths[0], depths[1]) if depths else None,
+        (labels[0], labels[1]) if labels else None,
         periodic,
     )
 
 
-def collate_encoded(pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: int = 255) -> dict[str, Any]:
+def collate_encoded(
+    pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: int = 255
+) -> dict[str, Any]:
     """Stack :class:`EncodedPair` into CPU tensors. All JPEG bytes travel as ONE flat tensor
     (``jpeg_data`` cut by ``jpeg_sizes``, 0 for a raw image): a tensor per sample would cost a
     shared-memory segment, a file descriptor and a pinning call each on the way to the GPU."""
     n, s = len(pairs), cfg.size
     jpegs = [p.image for p in pairs if p.is_jpeg]
     out: dict[str, Any] = {
-        "jpeg_data": torch.from_numpy(np.concatenate(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8),
-        "jpeg_sizes": torch.tensor([p.image.size if p.is_jpeg else 0 for p in pairs], dtype=torch.int64),
+        "jpeg_data": torch.from_numpy(np.concatenate(jpegs))
+        if jpegs
+        else torch.empty(0, dtype=torch.uint8),
+        "jpeg_sizes": torch.tensor(
+            [p.image.size if p.is_jpeg else 0 for p in pairs], dtype=torch.int64
+        ),
         "images": [torch.from_numpy(np.ascontiguousarray(p.image)) for p in pairs if not p.is_jpeg],
         "hw": torch.tensor([[p.height, p.width] for p in pairs], dtype=torch.int64),
         "boxes": torch.tensor(
@@ -140,12 +168,25 @@ def collate_encoded(pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: 
         "flip": torch.tensor([[q.flip for q in p.params] for p in pairs], dtype=torch.bool),
         "jitter": torch.tensor([[q.photometric.jitter for q in p.params] for p in pairs]),
         "factors": torch.tensor(
-            [[[q.photometric.brightness, q.photometric.contrast, q.photometric.saturation,
-               q.photometric.hue] for q in p.params] for p in pairs], dtype=torch.float32),
+            [
+                [
+                    [
+                        q.photometric.brightness,
+                        q.photometric.contrast,
+                        q.photometric.saturation,
+                        q.photometric.hue,
+                    ]
+                    for q in p.params
+                ]
+                for p in pairs
+            ],
+            dtype=torch.float32,
+        ),
         "order": torch.tensor([[list(q.photometric.order) for q in p.params] for p in pairs]),
         "grayscale": torch.tensor([[q.photometric.grayscale for q in p.params] for p in pairs]),
         "blur_sigma": torch.tensor(
-            [[q.photometric.blur_sigma for q in p.params] for p in pairs], dtype=torch.float32),
+            [[q.photometric.blur_sigma for q in p.params] for p in pairs], dtype=torch.float32
+        ),
         "solarize": torch.tensor([[q.photometric.solarize for q in p.params] for p in pairs]),
         "periodic": torch.tensor([p.periodic for p in pairs], dtype=torch.bool),
     }
@@ -165,8 +206,15 @@ def collate_encoded(pairs: list[EncodedPair], cfg: ViewConfig, *, ignore_index: 
     return out
 
 
-def resample_weights(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor, size: int,
-                     n_src: int, *, periodic: torch.Tensor) -> torch.Tensor:
+def resample_weights(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    flip: torch.Tensor,
+    size: int,
+    n_src: int,
+    *,
+    periodic: torch.Tensor,
+) -> torch.Tensor:
     """Separable resampling matrices (V, size, n_src) of one axis, float32.
 
     Antialiased bilinear as torch/PIL define it: output pixel c has centre ``start + (c + 0.5) * L /
@@ -176,7 +224,10 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, flip: torch.Tens
     dev = start.device
     scale = length.float() / size  # (V,)
     inv = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
-    centre = start.float()[:, None] + (torch.arange(size, device=dev).float()[None] + 0.5) * scale[:, None]
+    centre = (
+        start.float()[:, None]
+        + (torch.arange(size, device=dev).float()[None] + 0.5) * scale[:, None]
+    )
     wrap = bool(periodic.any())
     x = torch.arange(2 * n_src if wrap else n_src, device=dev).float()
     w = (1 - (x[None, None] + 0.5 - centre[..., None]).abs() * inv[:, None, None]).clamp_(min=0)
@@ -188,15 +239,24 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, flip: torch.Tens
     return torch.where(flip[:, None, None], w.flip(1), w)
 
 
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                periodic: torch.Tensor, size: int, *, wrap: bool = True) -> torch.Tensor:
+def crop_resize(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    flips: torch.Tensor,
+    periodic: torch.Tensor,
+    size: int,
+    *,
+    wrap: bool = True,
+) -> torch.Tensor:
     """(N, 3, H, W) float images, boxes (N, 2, 4) left/top/width/height, flips (N, 2) ->
     (N, 2, 3, S, S): both views of each image by two batched matrix products."""
     n, _, h, w = images.shape
     b = boxes.reshape(-1, 4)
     per = periodic.repeat_interleave(2) & wrap
     rx = resample_weights(b[:, 0], b[:, 2], flips.reshape(-1), size, w, periodic=per)
-    ry = resample_weights(b[:, 1], b[:, 3], torch.zeros_like(per), size, h, periodic=torch.zeros_like(per))
+    ry = resample_weights(
+        b[:, 1], b[:, 3], torch.zeros_like(per), size, h, periodic=torch.zeros_like(per)
+    )
     rx = rx.view(n, 2, 1, size, w).transpose(-1, -2)
     ry = ry.view(n, 2, 1, size, h)
     return ry @ (images[:, None] @ rx)
@@ -319,8 +379,12 @@ class GpuViews:
         else:
             decoded = iter([decode_jpeg(j) for j in jpegs])
         raw = iter(batch["images"])
-        return [next(decoded) if n > 0 else next(raw).to(self.device, non_blocking=True).permute(2, 0, 1)
-                for n in sizes]
+        return [
+            next(decoded)
+            if n > 0
+            else next(raw).to(self.device, non_blocking=True).permute(2, 0, 1)
+            for n in sizes
+        ]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device
@@ -336,12 +400,15 @@ class GpuViews:
         for members in groups.values():
             idx = torch.tensor(members, device=dev)
             stack = torch.stack([images[i] for i in members]).float().div_(255)
-            views[idx] = crop_resize(stack, boxes[idx], flips[idx], periodic[idx], s,
-                                     wrap=cfg.periodic_roll).clamp_(0, 1)
+            views[idx] = crop_resize(
+                stack, boxes[idx], flips[idx], periodic[idx], s, wrap=cfg.periodic_roll
+            ).clamp_(0, 1)
         flat = views.view(n * 2, 3, s, s)
         if cfg.photometric:
-            params = {k: batch[k].to(dev, non_blocking=True)
-                      for k in ("jitter", "factors", "order", "grayscale", "blur_sigma", "solarize")}
+            params = {
+                k: batch[k].to(dev, non_blocking=True)
+                for k in ("jitter", "factors", "order", "grayscale", "blur_sigma", "solarize")
+            }
             flat = photometric(flat, params)
         flat = (flat - self.mean) / self.std
         views = flat.view(n, 2, 3, s, s)
@@ -352,4 +419,3 @@ class GpuViews:
             elif k in batch:
                 out[k] = batch[k].to(dev, non_blocking=True)
         return out
-

@@ -23,8 +23,9 @@ _GRAY_FIELDS = ("depth", "label")
 DEFAULT_VIEWS = ViewConfig()  # frozen: safe as a default argument
 
 
-def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool = True,
-                     depth: bool = True) -> tuple[schema.DecodedSample, bytes | None]:
+def decode_for_views(
+    sample: dict[str, Any], *, labels: bool = True, rgb: bool = True, depth: bool = True
+) -> tuple[schema.DecodedSample, bytes | None]:
     """Decode what the views need of a WebDataset sample dict, through the schema's codecs but for
     single-channel PNGs, which take :mod:`datakit.png`'s fast path where it applies.
 
@@ -68,8 +69,13 @@ def decode_for_views(sample: dict[str, Any], *, labels: bool = True, rgb: bool =
     physical = raw.astype(np.float32) * np.float32(meta["depth_scale"]) if raw is not None else None
     # rgb is None when a JPEG was left encoded (rgb=False): the caller holds the bytes instead.
     out = schema.DecodedSample(
-        key=key, rgb=image, meta=meta, depth=physical, depth_raw=raw,  # type: ignore[arg-type]
-        label=decoded.get("label"), url=str(sample.get("__url__", "")),
+        key=key,
+        rgb=image,  # type: ignore[arg-type]
+        meta=meta,
+        depth=physical,
+        depth_raw=raw,
+        label=decoded.get("label"),
+        url=str(sample.get("__url__", "")),
     )
     return out, jpeg
 
@@ -162,7 +168,9 @@ class PairLoader:
         if on_error not in ("raise", "skip"):
             raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.dataset = (
-            dataset if isinstance(dataset, Dataset) else open_dataset(str(dataset), **(storage_options or {}))
+            dataset
+            if isinstance(dataset, Dataset)
+            else open_dataset(str(dataset), **(storage_options or {}))
         )
         info = self.dataset.info
         if split is not None and split not in info.splits:
@@ -221,8 +229,13 @@ class PairLoader:
             decode=False,
         )
         pipe.append(wds.map(stage, handler=handler))
-        pipe.append(wds.batched(self.batch_size, collation_fn=_Collate(self.views, self.ignore_index, self.gpu),
-                                partial=not self.drop_last))
+        pipe.append(
+            wds.batched(
+                self.batch_size,
+                collation_fn=_Collate(self.views, self.ignore_index, self.gpu),
+                partial=not self.drop_last,
+            )
+        )
         return pipe
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -233,7 +246,11 @@ class PairLoader:
         if self.num_workers > 0 and self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor
         loader = torch.utils.data.DataLoader(
-            self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kwargs
+            self._pipeline(),
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            **kwargs,
         )
         batches = self._start(loader)
         gpu_views = None
@@ -246,7 +263,6 @@ class PairLoader:
             if i >= total:
                 break
             yield gpu_views(batch) if gpu_views is not None else batch
-
 
     def _start(self, loader: Any) -> Iterator[dict[str, Any]]:
         """Start the workers. They fork with OpenCV's thread pool off: one thread per worker (the
@@ -285,4 +301,6 @@ def make_loader(
     Raises :class:`~datakit.errors.UsageError` for bad arguments and
     :class:`~datakit.errors.DatasetIncomplete` for a dataset without _info.json.
     """
-    return PairLoader(dataset, batch_size, views=views, num_workers=num_workers, seed=seed, **options)
+    return PairLoader(
+        dataset, batch_size, views=views, num_workers=num_workers, seed=seed, **options
+    )

@@ -11,7 +11,9 @@ import numpy as np
 
 from datakit.views import Photometric
 
-_SOLARIZE_LUT = np.where(np.arange(256) >= 128, 255 - np.arange(256), np.arange(256)).astype(np.uint8)
+_SOLARIZE_LUT = np.where(np.arange(256) >= 128, 255 - np.arange(256), np.arange(256)).astype(
+    np.uint8
+)
 
 
 def _gray3(rgb: np.ndarray) -> np.ndarray:

@@ -35,7 +35,17 @@ from datakit.schema import DecodedSample
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The batch dict of SPEC 4, in order; label1/label2 only when the dataset has labels.
-BATCH_KEYS = ("view1", "view2", "depth1", "depth2", "coords1", "coords2", "periodic", "label1", "label2")
+BATCH_KEYS = (
+    "view1",
+    "view2",
+    "depth1",
+    "depth2",
+    "coords1",
+    "coords2",
+    "periodic",
+    "label1",
+    "label2",
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +166,9 @@ class PairedViews:
 # --------------------------------------------------------------------------------------- sampling
 
 
-def sample_box(rng: np.random.Generator, height: int, width: int, cfg: ViewConfig,
-               *, periodic: bool = False) -> Box:
+def sample_box(
+    rng: np.random.Generator, height: int, width: int, cfg: ViewConfig, *, periodic: bool = False
+) -> Box:
     """torchvision's RandomResizedCrop.get_params on our generator; periodic crops start anywhere."""
     area = height * width
     log_ratio = (math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
@@ -210,13 +221,15 @@ def overlap(a: Box, b: Box, width: int, *, periodic: bool = False) -> float:
     shifts = (-width, 0, width) if periodic else (0,)
     # b's shifted copies are disjoint (widths <= W), so the pieces add up.
     ix = sum(
-        max(0, min(a.left + a.width, b.left + k + b.width) - max(a.left, b.left + k)) for k in shifts
+        max(0, min(a.left + a.width, b.left + k + b.width) - max(a.left, b.left + k))
+        for k in shifts
     )
     return ix * iy / max(1, min(a.width * a.height, b.width * b.height))
 
 
-def sample_pair(rng: np.random.Generator, height: int, width: int, cfg: ViewConfig,
-                *, periodic: bool = False) -> tuple[ViewParams, ViewParams]:
+def sample_pair(
+    rng: np.random.Generator, height: int, width: int, cfg: ViewConfig, *, periodic: bool = False
+) -> tuple[ViewParams, ViewParams]:
     """Draw the parameters of both views from ``rng`` (geometry and colour on separate streams)."""
     geo, photo = rng.spawn(2)
     wrap = periodic and cfg.periodic_roll
@@ -251,13 +264,19 @@ def view_coords(box: Box, flip: bool, size: int, height: int, width: int) -> np.
     if flip:
         xa, xb = xb, xa
     return np.array(
-        [xa / max(width - 1, 1), ya / max(height - 1, 1), xb / max(width - 1, 1), yb / max(height - 1, 1)],
+        [
+            xa / max(width - 1, 1),
+            ya / max(height - 1, 1),
+            xb / max(width - 1, 1),
+            yb / max(height - 1, 1),
+        ],
         dtype=np.float32,
     )
 
 
-def nearest_indices(box: Box, flip: bool, size: int, height: int, width: int,
-                    *, periodic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_indices(
+    box: Box, flip: bool, size: int, height: int, width: int, *, periodic: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Source (rows, cols) nearest to each output pixel centre: floor(left + (c + 0.5) * w / S)."""
     c = np.arange(size, dtype=np.float64) + 0.5
     xs = np.floor(box.left + c * box.width / size).astype(np.int64)
@@ -271,7 +290,9 @@ def nearest_indices(box: Box, flip: bool, size: int, height: int, width: int,
     return ys, xs
 
 
-def crop_rgb(rgb: np.ndarray, box: Box, flip: bool, size: int, *, periodic: bool = False) -> np.ndarray:
+def crop_rgb(
+    rgb: np.ndarray, box: Box, flip: bool, size: int, *, periodic: bool = False
+) -> np.ndarray:
     """Crop ``box`` (wrapping along x when periodic) and resize to (size, size) with pixel-centre
     sampling, as the coords say: antialiased bilinear (PIL's filter, torch's uint8 kernel) where the
     crop shrinks, plain bilinear where it only grows."""
@@ -305,8 +326,14 @@ def _resize_antialiased(crop: np.ndarray, size: int) -> np.ndarray:
     return cv2.merge([planes[0], planes[1], planes[2]])
 
 
-def apply_geometry(sample: DecodedSample, params: ViewParams, cfg: ViewConfig,
-                   *, periodic: bool = False, labels: bool = True) -> View:
+def apply_geometry(
+    sample: DecodedSample,
+    params: ViewParams,
+    cfg: ViewConfig,
+    *,
+    periodic: bool = False,
+    labels: bool = True,
+) -> View:
     """Crop/resize/flip RGB, depth and label of ``sample`` as ``params`` say (no colour ops)."""
     h, w = sample.rgb.shape[:2]
     wrap = periodic and cfg.periodic_roll
@@ -326,7 +353,9 @@ def is_periodic(sample: DecodedSample) -> bool:
     return bool(sample.meta.get("periodic_x", False))
 
 
-def make_views(sample: DecodedSample, cfg: ViewConfig, rng: np.random.Generator | int) -> PairedViews:
+def make_views(
+    sample: DecodedSample, cfg: ViewConfig, rng: np.random.Generator | int
+) -> PairedViews:
     """The two augmented views of ``sample`` (SPEC 4). Same ``rng`` seed, same views.
 
     Returns :class:`PairedViews` whose views hold uint8 RGB (colour ops applied), float32 depth in
@@ -370,7 +399,9 @@ def cell_centres(coords: Any, grid_h: int, grid_w: int, size: int) -> Any:
     return torch.stack(torch.broadcast_tensors(u[:, None, :], v[:, :, None]), dim=-1)
 
 
-def collate_views(pairs: list[PairedViews], cfg: ViewConfig, *, ignore_index: int = 255) -> dict[str, Any]:
+def collate_views(
+    pairs: list[PairedViews], cfg: ViewConfig, *, ignore_index: int = 255
+) -> dict[str, Any]:
     """Stack paired views into the SPEC 4 batch dict of torch tensors.
 
     view1/view2 float32 (B, 3, S, S) normalised by ``cfg.mean``/``cfg.std``; depth1/depth2 float32

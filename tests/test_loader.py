@@ -67,8 +67,9 @@ def test_split_by_node(synthetic_dataset, monkeypatch):
     assert not set(seen[0]) & set(seen[1])
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
-    assert sorted(seen[0] + seen[1]) == rows(list(make_loader(synthetic_dataset, 2, views=SMALL,
-                                                               shuffle=False)))
+    assert sorted(seen[0] + seen[1]) == rows(
+        list(make_loader(synthetic_dataset, 2, views=SMALL, shuffle=False))
+    )
 
 
 def test_resampled_epoch_length_and_val_split(synthetic_dataset):

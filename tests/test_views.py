@@ -128,8 +128,11 @@ def test_views_agree_with_coords_everywhere(w, h, size, seed, periodic, scale_lo
 def test_colour_ops_never_touch_depth_or_geometry(seed, periodic):
     sample = coded_sample(64, 48, periodic=periodic)
     sample.rgb = np.random.default_rng(seed).integers(0, 256, sample.rgb.shape, dtype=np.uint8)
-    on = make_views(sample, ViewConfig(size=32, photometric=True, blur_p=(1.0, 1.0),
-                                       solarize_p=(1.0, 1.0)), seed)
+    on = make_views(
+        sample,
+        ViewConfig(size=32, photometric=True, blur_p=(1.0, 1.0), solarize_p=(1.0, 1.0)),
+        seed,
+    )
     off = make_views(sample, ViewConfig(size=32, photometric=False), seed)
     for a, b in ((on.view1, off.view1), (on.view2, off.view2)):
         assert a.box == b.box and a.flip == b.flip
@@ -165,16 +168,25 @@ def test_recipe_is_asymmetric_and_switchable():
     assert 0.7 < jit < 0.9 and 0.4 < flip < 0.6
     areas = [p[0].box.width * p[0].box.height / (640 * 480) for p in draws]
     assert min(areas) > 0.07 and max(areas) <= 1.0
-    off = sample_pair(np.random.default_rng(0), 480, 640, dataclasses.replace(cfg, photometric=False))
+    off = sample_pair(
+        np.random.default_rng(0), 480, 640, dataclasses.replace(cfg, photometric=False)
+    )
     assert off[1].photometric.blur_sigma == 0 and not off[1].photometric.jitter
 
 
 def test_coords_convention_examples():
     # Whole 640-wide image to 224: first/last output centres sit inside the first/last source pixels.
     c = view_coords(Box(0, 0, 640, 480), False, 224, 480, 640)
-    np.testing.assert_allclose(c * [639, 479, 639, 479], [0.5 * 640 / 224 - 0.5, 0.5 * 480 / 224 - 0.5,
-                                                          639.5 - 0.5 * 640 / 224, 479.5 - 0.5 * 480 / 224],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        c * [639, 479, 639, 479],
+        [
+            0.5 * 640 / 224 - 0.5,
+            0.5 * 480 / 224 - 0.5,
+            639.5 - 0.5 * 640 / 224,
+            479.5 - 0.5 * 480 / 224,
+        ],
+        rtol=1e-5,
+    )
     f = view_coords(Box(0, 0, 640, 480), True, 224, 480, 640)
     assert f[0] == c[2] and f[2] == c[0]
     centres = cell_centres(torch.tensor(np.stack([c, f])), 7, 7, 224)
@@ -235,7 +247,10 @@ def gpu_path_matches_cpu_path(device: str) -> None:
     samples = [coded_sample(97, 71), coded_sample(97, 71, periodic=True), coded_sample(50, 130)]
     for seed in range(5):
         cpu = [make_views(s, cfg, seed * 10 + i) for i, s in enumerate(samples)]
-        enc = [encode_decoded(s, cfg, np.random.default_rng(seed * 10 + i)) for i, s in enumerate(samples)]
+        enc = [
+            encode_decoded(s, cfg, np.random.default_rng(seed * 10 + i))
+            for i, s in enumerate(samples)
+        ]
         gpu = GpuViews(cfg, device)(collate_encoded(enc, cfg))
         ref = collate_views(cpu, cfg)
         for k in ("coords1", "coords2", "depth1", "depth2", "label1", "label2", "periodic"):
