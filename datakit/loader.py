@@ -8,16 +8,19 @@ them (:mod:`datakit.gpu_views`); depth and labels are resampled on the CPU eithe
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from datakit import png, schema
+from datakit import schema
 from datakit.errors import SampleError, UsageError
 from datakit.reader import Dataset, open_dataset, pipeline
 from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
+
+log = logging.getLogger(__name__)
 
 _GRAY_FIELDS = ("depth", "label")
 DEFAULT_VIEWS = ViewConfig()  # frozen: safe as a default argument
@@ -44,13 +47,7 @@ def decode_for_views(
             if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
                 jpeg = data
                 continue
-            if f.name in _GRAY_FIELDS:
-                value = png.decode_gray(data)
-            elif f.name == "rgb":
-                value = _decode_rgb(data)
-            else:
-                value = None
-            decoded[f.name] = value if value is not None else schema.CODECS[ext].decode(data)
+            decoded[f.name] = schema.CODECS[ext].decode(data)
         except (SampleError, ValueError) as exc:
             raise SampleError(f"{key}.{ext}: {exc}") from None
     if "meta" not in decoded or ("rgb" not in decoded and jpeg is None):
@@ -80,16 +77,10 @@ def decode_for_views(
     return out, jpeg
 
 
-def _decode_rgb(data: bytes) -> np.ndarray | None:
-    """RGB straight from the decoder (OpenCV >= 4.10), sparing the BGR -> RGB copy of a full frame;
-    None (use the schema's codec) where the flag is missing or the bytes do not decode."""
-    import cv2
-
-    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
-    if flag is None:
-        return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    return img if img is not None and img.ndim == 3 else None
+def _warn_and_skip(exc: BaseException) -> bool:
+    """WebDataset handler for ``on_error="skip"``: log the bad sample or shard and go on."""
+    log.warning("skipped: %s", exc)
+    return True
 
 
 class _CpuViews:
@@ -214,11 +205,13 @@ class PairLoader:
     def _pipeline(self) -> Any:
         import webdataset as wds
 
-        handler = wds.warn_and_continue if self.on_error == "skip" else wds.reraise_exception
+        # Not wds.warn_and_continue: it sleeps 0.5 s per error.
+        handler = _warn_and_skip if self.on_error == "skip" else wds.reraise_exception
         stage = (_EncodedViews if self.gpu else _CpuViews)(self.views, self.seed, self.epoch)
         # A per-epoch seed for shard order and buffer; views are seeded per sample key.
         pipe = pipeline(
             self.urls,
+            storage=self.dataset.storage,
             shuffle_shards=self.shuffle,
             shuffle_buffer=self.shuffle_buffer,
             split_by_node=self.world > 1,

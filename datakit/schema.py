@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datakit import png
 from datakit.errors import SampleError
 
 SCHEMA_VERSION = 1
@@ -70,24 +71,33 @@ def _encode_map_png(image: np.ndarray, **_: Any) -> bytes:
     return buf.tobytes()
 
 
-def _decode_image(data: bytes, *, color: bool) -> np.ndarray:
-    buf = np.frombuffer(data, np.uint8)
-    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED
-    img = cv2.imdecode(buf, flag)
-    if img is None:
-        raise SampleError("image bytes do not decode")
-    if color:
-        return np.ascontiguousarray(img[..., ::-1])
-    return img
+# OpenCV >= 4.10 decodes straight to RGB, sparing a BGR -> RGB copy of the whole frame.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
-    return _decode_image(data, color=True)
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    if img is None or img.ndim != 3:
+        raise SampleError("image bytes do not decode")
+    return img if _IMREAD_RGB is not None else np.ascontiguousarray(img[..., ::-1])
 
 
 def _decode_gray(data: bytes) -> np.ndarray:
-    # IMREAD_UNCHANGED keeps 16-bit PNGs bit-exact (WebDataset's PIL decoders would cut them to 8 bits).
-    return _decode_image(data, color=False)
+    """Single-channel PNG, bit-exact (WebDataset's PIL decoders would cut 16 bits to 8).
+
+    datakit.png's fast path (ISA-L inflate, numpy row filters) takes the PNGs the writer makes;
+    OpenCV's IMREAD_UNCHANGED takes everything else.
+    """
+    try:
+        img = png.decode_gray(data)
+    except ValueError as exc:
+        raise SampleError(f"image bytes do not decode ({exc})") from None
+    if img is None:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SampleError("image bytes do not decode")
+    return img
 
 
 def _encode_json(meta: Mapping[str, Any], **_: Any) -> bytes:
