@@ -19,6 +19,8 @@ from training.methods import build_method
 from training.models import build_backbone
 from training.optim import build_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def make_checkpoint(tmp_path: Path, arch: str) -> tuple[Path, dict[str, torch.Tensor]]:
     cfg = resolve(

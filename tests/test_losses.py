@@ -4,7 +4,6 @@ filter's properties, and each method's loss falling over a few optimiser steps."
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 import torch
@@ -15,13 +14,7 @@ from training.losses import DepthRule
 S = 64  # view side in pixels
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One intra-op thread: on a shared 2-core machine two spinning threads per op cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_coords(gen: torch.Generator, b: int) -> torch.Tensor:

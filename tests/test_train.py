@@ -23,13 +23,7 @@ from training.config import TrainConfig, from_layers, resolve
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One intra-op thread: on a shared 2-core machine two spinning threads per op cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Small enough for 2 CPU cores: ResNet-18, 64 px views, batch 4, narrow heads.

@@ -75,16 +75,22 @@ def build_state(
     }
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True``; raises DatakitError for a file that is
-    missing or is not a datakit checkpoint."""
+def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; raises DatakitError naming ``path`` for
+    a missing or unreadable file (never unpickles arbitrary objects)."""
     p = Path(path)
     if not p.is_file():
-        raise DatakitError(f"{path}: no such checkpoint")
+        raise DatakitError(f"{path}: no such {what}")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means a bad file for the user
-        raise DatakitError(f"{path}: not a readable checkpoint ({exc})") from None
+        raise DatakitError(f"{path}: not a readable {what} ({exc})") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint; raises DatakitError for a file that is missing or is not a
+    datakit checkpoint."""
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DatakitError(f"{path}: not a datakit training checkpoint (no format {FORMAT!r})")
     return state

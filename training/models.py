@@ -7,9 +7,7 @@ state dict is a torchvision ResNet state dict minus ``fc`` (see :mod:`training.e
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -84,13 +82,9 @@ def build_backbone(
 
 
 def load_backbone_weights(backbone: Backbone, path: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise DatakitError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means a bad file for the user
-        raise DatakitError(f"{path}: not a PyTorch weights file ({exc})") from None
+    from training.checkpoint import read_torch_file
+
+    obj = read_torch_file(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("backbone"), dict):
         obj = obj["backbone"]
     if not isinstance(obj, dict):
