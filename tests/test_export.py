@@ -84,3 +84,11 @@ def test_export_rejects_what_is_not_a_checkpoint(tmp_path: Path) -> None:
         main, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "o.pth")]
     )
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_weights_of_another_arch_are_refused(tmp_path: Path) -> None:
+    from datakit.errors import DatakitError
+
+    ckpt, _ = make_checkpoint(tmp_path, "resnet18")
+    with pytest.raises(DatakitError, match="does not fit resnet50"):
+        build_backbone("resnet50", weights=str(ckpt))

@@ -90,7 +90,12 @@ def load_backbone_weights(backbone: Backbone, path: str) -> None:
     if not isinstance(obj, dict):
         raise DatakitError(f"{path}: expected a state dict, got {type(obj).__name__}")
     state = {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        raise DatakitError(
+            f"{path}: does not fit {backbone.arch} ({str(exc).splitlines()[-1].strip()})"
+        ) from None
     if missing or unexpected:
         raise DatakitError(
             f"{path}: does not fit {backbone.arch} (missing {len(missing)} keys, e.g. "
