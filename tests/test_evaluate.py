@@ -15,16 +15,10 @@ from click.testing import CliRunner
 
 from datakit.cli import main
 from datakit.errors import DatakitError
-from training.evaluate import (
-    EvalConfig,
-    eval_size,
-    evaluate,
-    fit_probe,
-    in_holdout,
-    load_backbone,
-    score_head,
-)
+from training.eval_data import eval_size, in_holdout
+from training.evaluate import EvalConfig, evaluate, load_backbone
 from training.metrics_seg import confusion_matrix, scores
+from training.probe import fit_probe, score_head
 
 IGNORE = 255
 
@@ -194,3 +188,14 @@ def test_cli_eval(synthetic_dataset: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, [*args, "--checkpoint", str(tmp_path / "none.pt")])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_demo_trains_and_evaluates(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--num", "8", "--val", "4", "--steps", "2", "--workers", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "summary" in r.output and "random init" in r.output
+    for name in ("run/last.pt", "eval-pretrained.json", "eval-random.json", "preview.png"):
+        assert (out / name).exists(), name

@@ -23,21 +23,18 @@ import json
 import math
 import os
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datakit.errors import DatakitError, UsageError
-from training.metrics_seg import SegScores, confusion_matrix, scores
+from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
 from training.models import LEVELS, Backbone
+from training.probe import Batcher, ProbeHead, batches, fit_head, score_head
 
 PROTOCOLS = ("linear", "finetune")
 # Defaults that depend on the protocol: epochs and head learning rate (AdamW).
@@ -45,8 +42,6 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 30, "lr": 1e-2},
     "finetune": {"epochs": 15, "lr": 1e-3},
 }
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as the training views use
-STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -71,6 +66,9 @@ class EvalConfig:
     backbone_lr_scale: float = 0.1  # finetune: backbone lr = lr x this
     weight_decay: float = 1e-4
     cache_mb: int = 2048  # linear: cache frozen features when they fit in this many MiB
+    # Re-estimate the backbone's BatchNorm statistics on the probe's train images first (a random
+    # backbone's running statistics are the initial 0/1, not its activations').
+    recalibrate_bn: bool = False
     workers: int = 0  # decoding processes while reading the splits
     device: str = "auto"
     seed: int = 0
@@ -154,229 +152,6 @@ def load_backbone(
     return backbone
 
 
-class ProbeHead(nn.Module):
-    """Features {level: (B, C_l, h_l, w_l)} -> logits (B, K, H, W) at ``size`` (H, W).
-
-    Each level is bilinearly upsampled to the finest level's grid, the levels are concatenated,
-    standardised per channel (BatchNorm without affine parameters, so the head stays linear and its
-    learning rate fits any feature scale) and mapped by one 1x1 conv; the logits are bilinearly
-    upsampled to ``size``. Upsampling and a 1x1 conv are both linear, so this equals a 1x1 conv on
-    the upsampled feature map at a fraction of the cost.
-    """
-
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.conv = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, feats: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
-        maps = [feats[lv] for lv in LEVELS if lv in feats]
-        grid = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        x = torch.cat(
-            [
-                m if m.shape[-2:] == grid else F.interpolate(m, size=grid, mode="bilinear")
-                for m in maps
-            ],
-            dim=1,
-        )
-        logits = self.conv(self.norm(x.float()))
-        return F.interpolate(logits, size=size, mode="bilinear")
-
-
-# --- data --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabeledImages:
-    """images (N, 3, H, W) uint8, labels (N, H, W) int64 with ignore_index kept, keys in order."""
-
-    images: Tensor
-    labels: Tensor
-    keys: list[str]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def eval_size(height: int, width: int, short: int) -> tuple[int, int]:
-    """(H, W) with the short side ~``short``, the aspect kept, both multiples of 32."""
-    scale = short / min(height, width)
-    return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
-
-
-def in_holdout(key: str, fraction: float) -> bool:
-    """Stable across runs and machines: crc32 of the key."""
-    return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
-
-
-class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
-    def __init__(
-        self, urls: list[str], size: tuple[int, int], select: Callable[[str], bool]
-    ) -> None:
-        self.urls, self.size, self.select = urls, size, select
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        from datakit.reader import pipeline
-
-        h, w = self.size
-        for s in pipeline(self.urls, split_by_worker=True):
-            if not self.select(s.key):
-                continue
-            if s.label is None:
-                raise DatakitError(f"{s.url}: sample {s.key} has no label member")
-            rgb = cv2.resize(s.rgb, (w, h), interpolation=cv2.INTER_AREA)
-            label = cv2.resize(s.label, (w, h), interpolation=cv2.INTER_NEAREST)
-            yield s.key, rgb, label.astype(np.int64)
-
-
-def read_split(
-    dataset: Any,
-    split: str,
-    size: tuple[int, int],
-    *,
-    select: Callable[[str], bool] = lambda key: True,
-    limit: int | None = None,
-    workers: int = 0,
-) -> LabeledImages:
-    """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``, taken from
-    the first shards in manifest order, then by key) into memory."""
-    urls, entries, counted = [], dataset.info.shards_of(split), 0
-    for entry, url in zip(entries, dataset.shard_urls(split), strict=True):
-        if limit is not None and counted >= limit:
-            break
-        urls.append(url)
-        counted += entry.num_samples
-    if not urls:
-        raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
-    reader = _SplitReader(urls, size, select)
-    loader = torch.utils.data.DataLoader(
-        reader, batch_size=None, num_workers=min(workers, len(urls))
-    )
-    rows = sorted(loader, key=lambda r: r[0])[:limit]
-    if not rows:
-        raise DatakitError(f"{dataset.url}: no samples selected from split {split!r}")
-    images = torch.stack([torch.as_tensor(np.asarray(r[1])).permute(2, 0, 1) for r in rows])
-    labels = torch.stack([torch.as_tensor(np.asarray(r[2])) for r in rows])
-    return LabeledImages(images.contiguous(), labels, [str(r[0]) for r in rows])
-
-
-def normalise(images: Tensor) -> Tensor:
-    """(B, 3, H, W) uint8 -> float32 normalised with ImageNet statistics."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
-# --- fitting -----------------------------------------------------------------------------------
-
-# Sample indices (B,) -> (features {level: (B, C, h, w)}, labels (B, H, W)) on the device.
-Batcher = Callable[[Tensor], tuple[dict[str, Tensor], Tensor]]
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(batch_size)
-
-
-def fit_head(
-    head: ProbeHead,
-    batcher: Batcher,
-    n: int,
-    *,
-    num_classes: int,
-    ignore_index: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    extra_params: list[nn.Parameter] | None = None,
-    extra_lr: float = 0.0,
-) -> list[float]:
-    """Train ``head`` (and ``extra_params`` at ``extra_lr``) with AdamW and a cosine schedule, cross
-    entropy with ``ignore_index``; returns the mean loss of each epoch."""
-    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": lr}]
-    if extra_params:
-        groups.append({"params": extra_params, "lr": extra_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    total = epochs * math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total))
-    )
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
-    history = []
-    for _ in range(epochs):
-        losses = []
-        for idx in _batches(n, batch_size, gen):
-            feats, target = batcher(idx)
-            logits = head(feats, tuple(target.shape[-2:]))
-            loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
-            opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:  # a batch with every pixel ignored has no gradient
-                loss.backward()
-                opt.step()
-            sched.step()
-            losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
-        history.append(float(np.nanmean(losses)) if losses else math.nan)
-    return history
-
-
-@torch.no_grad()
-def score_head(
-    head: ProbeHead,
-    batcher: Batcher,
-    n: int,
-    *,
-    num_classes: int,
-    ignore_index: int,
-    batch_size: int,
-) -> tuple[SegScores, Tensor]:
-    """Scores and the (K, K) confusion matrix of ``head`` over ``n`` samples."""
-    head.eval()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for idx in _batches(n, batch_size, None):
-        feats, target = batcher(idx)
-        pred = head(feats, tuple(target.shape[-2:])).argmax(1)
-        conf += confusion_matrix(pred, target, num_classes, ignore_index)
-    return scores(conf), conf
-
-
-def fit_probe(
-    features: dict[str, Tensor],
-    labels: Tensor,
-    *,
-    num_classes: int,
-    ignore_index: int,
-    epochs: int = 30,
-    batch_size: int = 16,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-) -> ProbeHead:
-    """A linear probe trained on fixed features {level: (N, C, h, w)} for labels (N, H, W)."""
-    torch.manual_seed(seed)
-    device = labels.device
-    head = ProbeHead(sum(f.shape[1] for f in features.values()), num_classes).to(device)
-
-    def batcher(idx: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return {lv: f[idx].to(device).float() for lv, f in features.items()}, labels[idx].to(device)
-
-    fit_head(
-        head,
-        batcher,
-        len(labels),
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-    )
-    return head
-
-
 # --- the protocols -----------------------------------------------------------------------------
 
 
@@ -403,7 +178,7 @@ def _frozen_batcher(
     if per_sample * len(data) <= cache_mb * 2**20:
         cache: dict[str, list[Tensor]] = {lv: [] for lv in probe}
         with torch.no_grad():
-            for idx in _batches(len(data), batch_size, None):
+            for idx in batches(len(data), batch_size, None):
                 for lv, f in _forward(backbone, data.images[idx], device).items():
                     cache[lv].append(f.half())
         feats = {lv: torch.cat(parts) for lv, parts in cache.items()}
@@ -435,6 +210,21 @@ def _tuned_batcher(
         return _forward(backbone, images, device), labels.to(device)
 
     return batcher
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    backbone: Backbone, data: LabeledImages, device: torch.device, batch_size: int
+) -> None:
+    """Replace every BatchNorm's running statistics by their average over ``data`` (one pass)."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    backbone.train()
+    for idx in batches(len(data), batch_size, None):
+        _forward(backbone, data.images[idx], device)
+    backbone.eval()
 
 
 def _json_float(v: float) -> float | None:
@@ -493,6 +283,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.checkpoint, cfg.levels, arch=cfg.arch).to(device)
+    if cfg.recalibrate_bn:
+        recalibrate_bn(backbone, train, device, cfg.batch_size)
     defaults = PROTOCOL_DEFAULTS[cfg.protocol]
     epochs = cfg.epochs or defaults["epochs"]
     lr = cfg.lr if cfg.lr is not None else defaults["lr"]

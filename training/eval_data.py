@@ -1,0 +1,103 @@
+"""The evaluation's data: a split's images and labels, resized to the evaluation size, in memory.
+
+Images are resized with area interpolation, labels with nearest; both to (H, W) with the short side
+``short`` and the aspect of the dataset kept, multiples of 32.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from datakit.errors import DatakitError
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as the training views use
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """images (N, 3, H, W) uint8, labels (N, H, W) int64 with ignore_index kept, keys in order."""
+
+    images: Tensor
+    labels: Tensor
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def eval_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """(H, W) with the short side ~``short``, the aspect kept, both multiples of 32."""
+    scale = short / min(height, width)
+    return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+
+
+def in_holdout(key: str, fraction: float) -> bool:
+    """Stable across runs and machines: crc32 of the key."""
+    return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
+
+
+class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    def __init__(
+        self, urls: list[str], size: tuple[int, int], select: Callable[[str], bool]
+    ) -> None:
+        self.urls, self.size, self.select = urls, size, select
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        from datakit.reader import pipeline
+
+        h, w = self.size
+        for s in pipeline(self.urls, split_by_worker=True):
+            if not self.select(s.key):
+                continue
+            if s.label is None:
+                raise DatakitError(f"{s.url}: sample {s.key} has no label member")
+            rgb = cv2.resize(s.rgb, (w, h), interpolation=cv2.INTER_AREA)
+            label = cv2.resize(s.label, (w, h), interpolation=cv2.INTER_NEAREST)
+            yield s.key, rgb, label.astype(np.int64)
+
+
+def read_split(
+    dataset: Any,
+    split: str,
+    size: tuple[int, int],
+    *,
+    select: Callable[[str], bool] = lambda key: True,
+    limit: int | None = None,
+    workers: int = 0,
+) -> LabeledImages:
+    """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``, taken from
+    the first shards in manifest order, then by key) into memory."""
+    urls, entries, counted = [], dataset.info.shards_of(split), 0
+    for entry, url in zip(entries, dataset.shard_urls(split), strict=True):
+        if limit is not None and counted >= limit:
+            break
+        urls.append(url)
+        counted += entry.num_samples
+    if not urls:
+        raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
+    reader = _SplitReader(urls, size, select)
+    loader = torch.utils.data.DataLoader(
+        reader, batch_size=None, num_workers=min(workers, len(urls))
+    )
+    rows = sorted(loader, key=lambda r: r[0])[:limit]
+    if not rows:
+        raise DatakitError(f"{dataset.url}: no samples selected from split {split!r}")
+    images = torch.stack([torch.as_tensor(np.asarray(r[1])).permute(2, 0, 1) for r in rows])
+    labels = torch.stack([torch.as_tensor(np.asarray(r[2])) for r in rows])
+    return LabeledImages(images.contiguous(), labels, [str(r[0]) for r in rows])
+
+
+def normalise(images: Tensor) -> Tensor:
+    """(B, 3, H, W) uint8 -> float32 normalised with ImageNet statistics."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
