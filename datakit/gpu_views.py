@@ -21,6 +21,7 @@ from datakit import png, schema
 from datakit.errors import SampleError
 from datakit.views import (
     BATCH_KEYS,
+    coords_period,
     ViewConfig,
     ViewParams,
     is_periodic,
@@ -189,6 +190,7 @@ def collate_encoded(
         ),
         "solarize": torch.tensor([[q.photometric.solarize for q in p.params] for p in pairs]),
         "periodic": torch.tensor([p.periodic for p in pairs], dtype=torch.bool),
+        "period": torch.tensor([coords_period(p.width) for p in pairs], dtype=torch.float32),
     }
     with_labels = cfg.labels and any(p.label is not None for p in pairs)
     for i in (0, 1):

@@ -43,6 +43,7 @@ BATCH_KEYS = (
     "coords1",
     "coords2",
     "periodic",
+    "period",
     "label1",
     "label2",
 )
@@ -160,6 +161,7 @@ class PairedViews:
     view2: View
     periodic: bool
     key: str = ""
+    width: int = 0  # source width W: a periodic x wraps with period W / (W - 1) in coords units
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -372,7 +374,7 @@ def make_views(
         view = apply_geometry(sample, params, cfg, periodic=periodic, labels=cfg.labels)
         view.rgb = apply_photometric(view.rgb, params.photometric)
         views.append(view)
-    return PairedViews(views[0], views[1], periodic, key=sample.key)
+    return PairedViews(views[0], views[1], periodic, key=sample.key, width=w)
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -406,7 +408,8 @@ def collate_views(
 
     view1/view2 float32 (B, 3, S, S) normalised by ``cfg.mean``/``cfg.std``; depth1/depth2 float32
     (B, 1, S, S) physical units, 0 = invalid (all 0 for samples without depth); coords1/coords2
-    float32 (B, 4); periodic bool (B,); label1/label2 int64 (B, S, S) when any sample has labels
+    float32 (B, 4); periodic bool (B,); period float32 (B,) = W / (W - 1), the wrap of a periodic x
+    in coords units; label1/label2 int64 (B, S, S) when any sample has labels
     (``ignore_index`` where one lacks them).
     """
     import torch
@@ -435,4 +438,10 @@ def collate_views(
                     label[b] = v.label
             batch[f"label{i}"] = torch.from_numpy(label)
     batch["periodic"] = torch.tensor([p.periodic for p in pairs], dtype=torch.bool)
+    batch["period"] = torch.tensor([coords_period(p.width) for p in pairs], dtype=torch.float32)
     return {k: batch[k] for k in BATCH_KEYS if k in batch}
+
+
+def coords_period(width: int) -> float:
+    """The period of a circular x in coords units (normalised by W - 1): W / (W - 1)."""
+    return width / (width - 1) if width > 1 else 1.0

@@ -118,3 +118,10 @@ def test_gpu_path_workers_and_kernels_on_cpu_torch(synthetic_dataset):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_path_agrees_with_cpu_path(synthetic_dataset):
     check_gpu_path(synthetic_dataset, "cuda")
+
+
+def test_batch_carries_the_period_of_a_circular_x(synthetic_dataset):
+    """period = W / (W - 1): the wrap of a periodic x in coords units (normalised by W - 1)."""
+    batch = next(iter(datakit.make_loader(str(synthetic_dataset), 4, views=SMALL, seed=0)))
+    assert batch["period"].dtype == torch.float32 and batch["period"].shape == (4,)
+    assert torch.allclose(batch["period"], torch.full((4,), 96 / 95))
