@@ -30,9 +30,25 @@ def run(num: int, size: str, workers: int, out: str) -> tuple[float, float]:
     c0 = _children_cpu()
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "datakit", "convert", "synthetic", out, "--num", str(num), "--size", size,
-         "--shard-size", "64", "--workers", str(workers), "--no-progress"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "datakit",
+            "convert",
+            "synthetic",
+            out,
+            "--num",
+            str(num),
+            "--size",
+            size,
+            "--shard-size",
+            "64",
+            "--workers",
+            str(workers),
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
     )
     wall = time.perf_counter() - t0
     return num / wall, num / (_children_cpu() - c0)
@@ -49,12 +65,18 @@ def main() -> None:
         load0 = os.getloadavg()[0]
         rates: dict[int, tuple[float, float]] = {}
         for w in (1, 2):
-            runs = [run(args.num, args.size, w, os.path.join(tmp, f"w{w}")) for _ in range(args.repeats)]
+            runs = [
+                run(args.num, args.size, w, os.path.join(tmp, f"w{w}")) for _ in range(args.repeats)
+            ]
             rates[w] = (max(r[0] for r in runs), max(r[1] for r in runs))
-        print("| size | samples | workers=1 samples/s | workers=2 samples/s | 2w/1w | samples per CPU-s (1w) | load before/after |")
+        print(
+            "| size | samples | workers=1 samples/s | workers=2 samples/s | 2w/1w | samples per CPU-s (1w) | load before/after |"
+        )
         print("|---|---|---|---|---|---|---|")
-        print(f"| {args.size} | {args.num} | {rates[1][0]:.1f} | {rates[2][0]:.1f} | "
-              f"{rates[2][0] / rates[1][0]:.2f}x | {rates[1][1]:.1f} | {load0:.1f} / {os.getloadavg()[0]:.1f} |")
+        print(
+            f"| {args.size} | {args.num} | {rates[1][0]:.1f} | {rates[2][0]:.1f} | "
+            f"{rates[2][0] / rates[1][0]:.2f}x | {rates[1][1]:.1f} | {load0:.1f} / {os.getloadavg()[0]:.1f} |"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

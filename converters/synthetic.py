@@ -53,15 +53,31 @@ class SyntheticConverter(Converter):
     Config = SyntheticConfig
     help = "Procedural RGB-D scenes with labels (the built-in demo and test data)."
     params = [
-        click.Option(["--num"], type=click.IntRange(min=0), default=64, show_default=True,
-                     help="Number of train samples."),
-        click.Option(["--val"], type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Number of val samples (a second split)."),
-        click.Option(["--size"], type=SIZE, default="320x240", show_default=True,
-                     help="Image size WxH."),
+        click.Option(
+            ["--num"],
+            type=click.IntRange(min=0),
+            default=64,
+            show_default=True,
+            help="Number of train samples.",
+        ),
+        click.Option(
+            ["--val"],
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Number of val samples (a second split).",
+        ),
+        click.Option(
+            ["--size"], type=SIZE, default="320x240", show_default=True, help="Image size WxH."
+        ),
         click.Option(["--seed"], type=int, default=0, show_default=True),
-        click.Option(["--per-unit"], type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Samples per work unit (parallelism grain)."),
+        click.Option(
+            ["--per-unit"],
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Samples per work unit (parallelism grain).",
+        ),
     ]
 
     config: SyntheticConfig
@@ -104,7 +120,9 @@ class Hit:
 
     idx: np.ndarray | None = None  # rays under test: all, or an object's screen bounding box
 
-    def update(self, t: np.ndarray, cls: int, inst: int, normal: np.ndarray, uv: np.ndarray) -> None:
+    def update(
+        self, t: np.ndarray, cls: int, inst: int, normal: np.ndarray, uv: np.ndarray
+    ) -> None:
         current = self.t if self.idx is None else self.t[self.idx]
         closer = (t > 1e-6) & (t < current)
         where = closer if self.idx is None else self.idx[closer]
@@ -144,7 +162,9 @@ def render_sample(cfg: SyntheticConfig, split: str, index: int) -> Sample:
         seed=cfg.seed,
         index=index,
     )
-    return Sample(key=f"{split}_{index:06d}", split=split, rgb=rgb, meta=meta, depth=raw, label=label)
+    return Sample(
+        key=f"{split}_{index:06d}", split=split, rgb=rgb, meta=meta, depth=raw, label=label
+    )
 
 
 def render_scene(
@@ -156,12 +176,17 @@ def render_scene(
     pitch = rng.uniform(-0.15, 0.02)  # radians, negative = looking down (y is down)
     rot = _rotation_x(pitch)
     us, vs = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    d_cam = np.stack([(us - intr["cx"]) / f, (vs - intr["cy"]) / f, np.ones_like(us)], -1).reshape(-1, 3)
+    d_cam = np.stack([(us - intr["cx"]) / f, (vs - intr["cy"]) / f, np.ones_like(us)], -1).reshape(
+        -1, 3
+    )
     d = d_cam @ rot.T  # world directions; t along d is the camera z-depth because d_cam.z == 1
     n = d.shape[0]
     hit = Hit(
-        np.full(n, np.inf), np.zeros(n, np.uint8), np.zeros(n, np.int32),
-        np.zeros((n, 3)), np.zeros((n, 2)),
+        np.full(n, np.inf),
+        np.zeros(n, np.uint8),
+        np.zeros(n, np.int32),
+        np.zeros((n, 3)),
+        np.zeros((n, 2)),
     )
 
     cam_h = rng.uniform(1.2, 1.7)
@@ -208,13 +233,24 @@ def render_scene(
 
 
 def _rays_in_box(
-    x: float, z: float, radius: float, height: float, cam_h: float, w: int, h: int,
-    intr: dict[str, float], rot: np.ndarray,
+    x: float,
+    z: float,
+    radius: float,
+    height: float,
+    cam_h: float,
+    w: int,
+    h: int,
+    intr: dict[str, float],
+    rot: np.ndarray,
 ) -> np.ndarray:
     """Flat indices of the pixels inside the screen projection of a world-space box."""
     corners = np.array(
-        [[x + sx * radius, cam_h - sy * height, z + sz * radius]
-         for sx in (-1, 1) for sy in (0, 1) for sz in (-1, 1)]
+        [
+            [x + sx * radius, cam_h - sy * height, z + sz * radius]
+            for sx in (-1, 1)
+            for sy in (0, 1)
+            for sz in (-1, 1)
+        ]
     )
     cam = corners @ rot
     cam[:, 2] = np.maximum(cam[:, 2], 0.05)
@@ -227,8 +263,19 @@ def _rays_in_box(
 
 
 def _add_object(
-    rng: np.random.Generator, hit: Hit, d: np.ndarray, cls: int, inst: int, x: float, z: float,
-    size: float, cam_h: float, w: int, h: int, intr: dict[str, float], rot: np.ndarray,
+    rng: np.random.Generator,
+    hit: Hit,
+    d: np.ndarray,
+    cls: int,
+    inst: int,
+    x: float,
+    z: float,
+    size: float,
+    cam_h: float,
+    w: int,
+    h: int,
+    intr: dict[str, float],
+    rot: np.ndarray,
 ) -> None:
     n = d.shape[0]
     if cls == SPHERE:
@@ -260,7 +307,11 @@ def _add_object(
         nb = np.zeros((n, 3))
         nb[np.arange(n), axis] = -np.sign(db[np.arange(n), axis])
         pb = o + db * t[:, None]
-        uv = np.where(axis[:, None] == 0, pb[:, [2, 1]], np.where(axis[:, None] == 1, pb[:, [0, 2]], pb[:, [0, 1]]))
+        uv = np.where(
+            axis[:, None] == 0,
+            pb[:, [2, 1]],
+            np.where(axis[:, None] == 1, pb[:, [0, 2]], pb[:, [0, 1]]),
+        )
         hit.update(t, cls, inst, nb @ ry.T, uv)
     elif cls == CYLINDER:
         r = size * rng.uniform(0.25, 0.45)
@@ -282,11 +333,15 @@ def _add_object(
             tc = (cam_h - height) / d[:, 1]
         pc = d * tc[:, None]
         inside = (pc[:, 0] - cx) ** 2 + (pc[:, 2] - cz) ** 2 <= r * r
-        hit.update(np.where(inside, tc, np.inf), cls, inst, np.array([0.0, -1.0, 0.0]), pc[:, [0, 2]])
+        hit.update(
+            np.where(inside, tc, np.inf), cls, inst, np.array([0.0, -1.0, 0.0]), pc[:, [0, 2]]
+        )
     else:  # PANEL: a flat polygon standing on the floor, facing the camera with a small yaw
         k = int(rng.integers(3, 7))
         # Roughly regular vertex angles: no slivers.
-        ang = rng.uniform(0, 2 * math.pi) + np.arange(k) * 2 * math.pi / k + rng.uniform(-0.3, 0.3, k)
+        ang = (
+            rng.uniform(0, 2 * math.pi) + np.arange(k) * 2 * math.pi / k + rng.uniform(-0.3, 0.3, k)
+        )
         rad = size * rng.uniform(0.5, 1.0, k)
         centre = np.array([x, cam_h - size * 1.05, z])
         yaw = rng.uniform(-0.5, 0.5)
@@ -294,8 +349,13 @@ def _add_object(
         local = np.stack([rad * np.cos(ang), rad * np.sin(ang), np.zeros(k)], -1)
         verts = local @ ry.T + centre
         cam = verts @ rot  # world -> camera frame (rot is orthonormal)
-        px = np.stack([intr["fx"] * cam[:, 0] / cam[:, 2] + intr["cx"],
-                       intr["fy"] * cam[:, 1] / cam[:, 2] + intr["cy"]], -1)
+        px = np.stack(
+            [
+                intr["fx"] * cam[:, 0] / cam[:, 2] + intr["cx"],
+                intr["fy"] * cam[:, 1] / cam[:, 2] + intr["cy"],
+            ],
+            -1,
+        )
         mask = np.zeros((h, w), np.uint8)
         cv2.fillPoly(mask, [np.round(px * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
         normal = ry @ np.array([0.0, 0.0, -1.0])
@@ -316,7 +376,8 @@ def _texture(cls: np.ndarray, uv: np.ndarray, params: np.ndarray) -> np.ndarray:
     tex = {
         FLOOR: 0.75 + 0.25 * ((np.floor(u * 2) + np.floor(v * 2)) % 2),  # tiles
         WALL: 0.85 + 0.15 * (np.abs(np.sin(v * 9)) > 0.15),  # plaster bands
-        BOX: 0.6 + 0.4 * ((np.abs(np.sin(u * 14)) > 0.3) & (np.abs(np.sin(v * 14)) > 0.3)),  # crate grid
+        BOX: 0.6
+        + 0.4 * ((np.abs(np.sin(u * 14)) > 0.3) & (np.abs(np.sin(v * 14)) > 0.3)),  # crate grid
         SPHERE: 0.55 + 0.45 * ((np.sin(u * 18) * np.sin(v * 18)) < 0.5),  # polka dots
         CYLINDER: 0.6 + 0.4 * (np.sin(u * 30) > 0),  # vertical stripes
         PANEL: 0.6 + 0.4 * (np.sin((u + v) * 20) > 0),  # diagonal stripes

@@ -21,9 +21,9 @@ from datakit import png, schema
 from datakit.errors import SampleError
 from datakit.views import (
     BATCH_KEYS,
-    coords_period,
     ViewConfig,
     ViewParams,
+    coords_period,
     is_periodic,
     nearest_indices,
     sample_pair,

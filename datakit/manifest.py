@@ -90,7 +90,9 @@ class DatasetInfo:
         self.raw = raw
         try:
             self.shards = [
-                ShardEntry(s["name"], s["split"], int(s["num_samples"]), int(s["bytes"]), s["sha256"])
+                ShardEntry(
+                    s["name"], s["split"], int(s["num_samples"]), int(s["bytes"]), s["sha256"]
+                )
                 for s in raw["shards"]
             ]
         except (KeyError, TypeError, ValueError) as exc:
@@ -118,7 +120,9 @@ class DatasetInfo:
 
     def shards_of(self, split: str | None = None) -> list[ShardEntry]:
         if split is not None and split not in self.splits:
-            raise DatakitError(f"no split {split!r} in {self.name or 'dataset'}; have {self.splits}")
+            raise DatakitError(
+                f"no split {split!r} in {self.name or 'dataset'}; have {self.splits}"
+            )
         return [s for s in self.shards if split is None or s.split == split]
 
     def num_samples(self, split: str | None = None) -> int:
@@ -183,7 +187,9 @@ def build_info(
             "scale": depth_scale,
             "min": depth_stats.min,
             "max": depth_stats.max,
-            "valid_fraction": (depth_stats.count / depth_stats.pixels) if depth_stats.pixels else 0.0,
+            "valid_fraction": (depth_stats.count / depth_stats.pixels)
+            if depth_stats.pixels
+            else 0.0,
         }
     info: dict[str, Any] = {
         "name": name,

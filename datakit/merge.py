@@ -27,7 +27,9 @@ def merge(out: str) -> dict[str, Any]:
     parts_loc = Location(loc.path(PARTS_DIR))
     names = sorted(n for n in parts_loc.listdir() if n.startswith("part-") and n.endswith(".json"))
     if not names:
-        raise DatakitError(f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)")
+        raise DatakitError(
+            f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)"
+        )
     parts = [json.loads(parts_loc.read_bytes(n)) for n in names]
     num_parts = parts[0]["args"]["num_parts"]
     have = sorted(p["args"]["part"] for p in parts)
@@ -63,8 +65,19 @@ def merge(out: str) -> dict[str, Any]:
     first = parts[0]
     base_args.pop("num_parts", None)
     depth = first.get("depth") or {}
-    reserved = {"name", "splits", "schema_version", "source", "created_by", "args", "shards",
-                "depth", "labels", "errors", "depth_stats"}
+    reserved = {
+        "name",
+        "splits",
+        "schema_version",
+        "source",
+        "created_by",
+        "args",
+        "shards",
+        "depth",
+        "labels",
+        "errors",
+        "depth_stats",
+    }
     info = build_info(
         name=first["name"],
         source=first["source"],

@@ -60,8 +60,9 @@ class Dataset:
         return out
 
 
-def open_dataset(path_or_url: str, *, storage: StorageConfig | None = None,
-                 **storage_options: Any) -> Dataset:
+def open_dataset(
+    path_or_url: str, *, storage: StorageConfig | None = None, **storage_options: Any
+) -> Dataset:
     """Open a dataset folder or URL. Raises :class:`~datakit.errors.DatasetIncomplete` without
     ``_info.json``. ``storage``: timeouts, retries, cache (default: from ``DATAKIT_*`` variables)."""
     location = Location(path_or_url, config=storage, **storage_options)

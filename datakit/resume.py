@@ -96,8 +96,10 @@ def prepare_output(
             )
         return None
     for name in names:  # temporaries of an interrupted run (shards, progress, manifest)
-        if name.startswith(".") and name.endswith(".tmp") and (
-            cfg.part is None or f"p{cfg.part:03d}" in name
+        if (
+            name.startswith(".")
+            and name.endswith(".tmp")
+            and (cfg.part is None or f"p{cfg.part:03d}" in name)
         ):
             loc.delete(name)
     if not loc.exists(prog_name):

@@ -52,7 +52,9 @@ class _HashingReader:
             pass
 
 
-def verify(path_or_url: str, *, on_shard: Callable[[ShardEntry], Any] | None = None) -> VerifyReport:
+def verify(
+    path_or_url: str, *, on_shard: Callable[[ShardEntry], Any] | None = None
+) -> VerifyReport:
     """Check a dataset against its manifest. Raises only when the manifest itself is unreadable."""
     loc = Location(path_or_url)
     info = read_info(loc)
@@ -64,7 +66,9 @@ def verify(path_or_url: str, *, on_shard: Callable[[ShardEntry], Any] | None = N
     return report
 
 
-def verify_shard(loc: Location, info: DatasetInfo, entry: ShardEntry, report: VerifyReport) -> list[str]:
+def verify_shard(
+    loc: Location, info: DatasetInfo, entry: ShardEntry, report: VerifyReport
+) -> list[str]:
     where = loc.path(entry.name)
     faults: list[str] = []
     try:
@@ -102,7 +106,9 @@ def verify_shard(loc: Location, info: DatasetInfo, entry: ShardEntry, report: Ve
     return faults
 
 
-def check_sample(key: str, members: dict[str, bytes], info: DatasetInfo, entry: ShardEntry) -> str | None:
+def check_sample(
+    key: str, members: dict[str, bytes], info: DatasetInfo, entry: ShardEntry
+) -> str | None:
     """Decode and validate one sample; the problem as text, or None."""
     try:
         schema.validate_key(key)

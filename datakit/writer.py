@@ -144,7 +144,9 @@ def _depth_stats(sample: schema.Sample) -> DepthStats:
     if valid.size == 0:
         return DepthStats(0, int(d.size), None, None)
     scale = float(sample.meta["depth_scale"])
-    return DepthStats(int(valid.size), int(d.size), float(valid.min()) * scale, float(valid.max()) * scale)
+    return DepthStats(
+        int(valid.size), int(d.size), float(valid.min()) * scale, float(valid.max()) * scale
+    )
 
 
 def encode_unit(converter: Any, unit: Any, cfg: ConvertConfig) -> list[Item]:
@@ -246,7 +248,9 @@ class ShardFile:
         self._h = _HashingFile(self._f)
         try:
             self._tar = tarfile.open(  # noqa: SIM115 - closed in finish()
-                fileobj=self._h, mode="w", format=tarfile.GNU_FORMAT  # type: ignore[call-overload]
+                fileobj=self._h,
+                mode="w",
+                format=tarfile.GNU_FORMAT,  # type: ignore[call-overload]
             )
         except BaseException:
             self.abort()
@@ -332,8 +336,12 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         loc.put_file(shard.tmp_path, shard.name)
         entry = ShardEntry(shard.name, shard_split, shard.num_samples, nbytes, sha)
         progress.shards.append(
-            {**entry.to_json(), "end": list(end), "depth": shard_depth.to_json(),
-             "errors": list(pending_errors)}
+            {
+                **entry.to_json(),
+                "end": list(end),
+                "depth": shard_depth.to_json(),
+                "errors": list(pending_errors),
+            }
         )
         progress.next_index[shard_split] = progress.next_index.get(shard_split, 0) + 1
         pending_errors.clear()
@@ -393,7 +401,9 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
     errors_log = None
     if errors:
         errors_log = ERRORS_NAME if cfg.part is None else f"errors.p{cfg.part:03d}.jsonl"
-        loc.write_bytes(errors_log, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in errors))
+        loc.write_bytes(
+            errors_log, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in errors)
+        )
     info = build_info(
         name=cfg.name or source.source,
         source=source.source,
@@ -406,7 +416,10 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
         labels=source.labels.to_json() if source.labels is not None else None,
         skipped=len(errors),
         errors_log=errors_log,
-        extra={**source.extra, **({"depth_stats": stats.to_json()} if cfg.part is not None else {})},
+        extra={
+            **source.extra,
+            **({"depth_stats": stats.to_json()} if cfg.part is not None else {}),
+        },
     )
     loc.write_bytes(final_name, dumps(info))
     loc.delete(prog_name)

@@ -13,14 +13,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 
-def convert_synthetic(out: Path, *, num: int = 16, val: int = 0, size: tuple[int, int] = (96, 72),
-                      shard_size: int = 4, workers: int = 1, seed: int = 0, **cfg: object) -> Path:
+def convert_synthetic(
+    out: Path,
+    *,
+    num: int = 16,
+    val: int = 0,
+    size: tuple[int, int] = (96, 72),
+    shard_size: int = 4,
+    workers: int = 1,
+    seed: int = 0,
+    **cfg: object,
+) -> Path:
     """Convert synthetic scenes into ``out`` through the real writer; returns ``out``."""
     from converters.synthetic import SyntheticConfig, SyntheticConverter
     from datakit.writer import ConvertConfig, convert
 
     conv = SyntheticConverter(SyntheticConfig(num=num, val=val, size=size, seed=seed))
-    convert(conv, str(out), ConvertConfig(shard_size=shard_size, workers=workers, progress=False, **cfg))  # type: ignore[arg-type]
+    convert(
+        conv, str(out), ConvertConfig(shard_size=shard_size, workers=workers, progress=False, **cfg)
+    )  # type: ignore[arg-type]
     return out
 
 

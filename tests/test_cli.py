@@ -25,8 +25,18 @@ def run(*args: str):
 @pytest.fixture(scope="module")
 def ds64(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "syn"
-    res = run("convert", "synthetic", str(out), "--num", "64", "--size", "64x48", "--shard-size", "16",
-              "--no-progress")
+    res = run(
+        "convert",
+        "synthetic",
+        str(out),
+        "--num",
+        "64",
+        "--size",
+        "64x48",
+        "--shard-size",
+        "16",
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     assert "64 samples in 4 shards" in res.output
     return out
@@ -44,8 +54,12 @@ def test_tar_members_and_bit_exact_depth(ds64, tmp_path):
     with tarfile.open(ds64 / "train-000000.tar") as tar:
         names = tar.getnames()
         tar.extractall(tmp_path, filter="data")
-    assert names[:4] == ["train_000000.rgb.jpg", "train_000000.depth.png",
-                         "train_000000.label.png", "train_000000.json"]
+    assert names[:4] == [
+        "train_000000.rgb.jpg",
+        "train_000000.depth.png",
+        "train_000000.label.png",
+        "train_000000.json",
+    ]
     assert len(names) == 16 * 4
     depth = cv2.imread(str(tmp_path / "train_000000.depth.png"), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint16
@@ -54,8 +68,12 @@ def test_tar_members_and_bit_exact_depth(ds64, tmp_path):
     label = cv2.imread(str(tmp_path / "train_000000.label.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(label, written.label)
     meta = json.loads((tmp_path / "train_000000.json").read_text())
-    assert meta["id"] == "train/000000" and meta["depth_scale"] == 0.001 and meta["depth_unit"] == "m"
-    assert set(meta["intrinsics"]) == {"fx", "fy", "cx", "cy"} and np.asarray(meta["pose"]).shape == (4, 4)
+    assert (
+        meta["id"] == "train/000000" and meta["depth_scale"] == 0.001 and meta["depth_unit"] == "m"
+    )
+    assert set(meta["intrinsics"]) == {"fx", "fy", "cx", "cy"} and np.asarray(
+        meta["pose"]
+    ).shape == (4, 4)
     first = next(iter(open_dataset(str(ds64))))
     np.testing.assert_array_equal(first.depth_raw, written.depth)
 
@@ -112,8 +130,21 @@ def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
 
 
 def test_convert_refuses_existing_and_conflicting_flags(ds64):
-    res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--num", "64", "--size", "64x48",
-                                    "--shard-size", "16", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            "synthetic",
+            str(ds64),
+            "--num",
+            "64",
+            "--size",
+            "64x48",
+            "--shard-size",
+            "16",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 2 and "already holds a complete dataset" in res.output
     res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--resume", "--overwrite"])
     assert res.exit_code == 2 and "exclude each other" in res.output
@@ -126,8 +157,24 @@ def test_convert_refuses_existing_and_conflicting_flags(ds64):
 def test_parts_and_merge_via_cli(tmp_path):
     out = tmp_path / "p"
     for i in range(2):
-        res = run("convert", "synthetic", str(out), "--num", "6", "--size", "32x24", "--shard-size", "2",
-                  "--per-unit", "1", "--part", str(i), "--num-parts", "2", "--no-progress")
+        res = run(
+            "convert",
+            "synthetic",
+            str(out),
+            "--num",
+            "6",
+            "--size",
+            "32x24",
+            "--shard-size",
+            "2",
+            "--per-unit",
+            "1",
+            "--part",
+            str(i),
+            "--num-parts",
+            "2",
+            "--no-progress",
+        )
         assert res.exit_code == 0, res.output
     res = run("merge", str(out))
     assert res.exit_code == 0 and "merged 4 shards, 6 samples" in res.output
@@ -136,8 +183,20 @@ def test_parts_and_merge_via_cli(tmp_path):
 
 
 def test_rgb_png_option(tmp_path):
-    res = run("convert", "synthetic", str(tmp_path / "png"), "--num", "2", "--size", "32x24",
-              "--rgb-format", "png", "--no-progress")
+    res = run(
+        "convert",
+        "synthetic",
+        str(tmp_path / "png"),
+        "--num",
+        "2",
+        "--size",
+        "32x24",
+        "--rgb-format",
+        "png",
+        "--no-progress",
+    )
     assert res.exit_code == 0
     s = next(iter(open_dataset(str(tmp_path / "png"))))
-    np.testing.assert_array_equal(s.rgb, render_sample(SyntheticConfig(size=(32, 24)), "train", 0).rgb)
+    np.testing.assert_array_equal(
+        s.rgb, render_sample(SyntheticConfig(size=(32, 24)), "train", 0).rgb
+    )

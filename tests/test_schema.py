@@ -16,8 +16,16 @@ from datakit.errors import SampleError
 
 
 def _meta(w: int, h: int, **extra: object) -> dict:
-    return {"source": "test", "id": "a/1", "split": "train", "width": w, "height": h,
-            "depth_scale": 0.001, "depth_unit": "m", **extra}
+    return {
+        "source": "test",
+        "id": "a/1",
+        "split": "train",
+        "width": w,
+        "height": h,
+        "depth_scale": 0.001,
+        "depth_unit": "m",
+        **extra,
+    }
 
 
 shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
@@ -80,7 +88,9 @@ def test_encode_refuses_wrong_dtypes_and_shapes():
     with pytest.raises(SampleError, match="depth must be 4x5 uint16"):
         schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4), np.zeros((4, 5), np.float32)))
     with pytest.raises(SampleError, match="label must be"):
-        schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4), None, np.zeros((4, 4), np.uint8)))
+        schema.encode(
+            schema.Sample("k", "train", rgb, _meta(5, 4), None, np.zeros((4, 4), np.uint8))
+        )
     with pytest.raises(SampleError, match="metadata lacks depth_unit"):
         m = _meta(5, 4)
         del m["depth_unit"]
@@ -92,7 +102,6 @@ def test_encode_refuses_wrong_dtypes_and_shapes():
 def test_decode_is_strict_and_ignores_undeclared_members():
     rgb = np.zeros((4, 5, 3), np.uint8)
     members = schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4)), rgb_format="png")
-
 
     members_with_pickle = {**members, "pyd": b"not really", "pickle": pickle.dumps(1)}
     d = schema.decode("k", members_with_pickle)  # undeclared members are dropped unread

@@ -36,7 +36,9 @@ def test_units_cover_splits_in_order():
 def test_scene_content_and_sensor_depth():
     samples = [render_sample(CFG, "train", i) for i in range(24)]
     for s in samples:
-        assert s.rgb.shape == (72, 96, 3) and s.depth.dtype == np.uint16 and s.label.dtype == np.uint8
+        assert (
+            s.rgb.shape == (72, 96, 3) and s.depth.dtype == np.uint16 and s.label.dtype == np.uint8
+        )
         present = set(np.unique(s.label).tolist())
         assert FLOOR in present and WALL in present
         assert present & set(OBJECT_CLASSES)

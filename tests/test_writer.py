@@ -73,9 +73,13 @@ def test_tar_headers_are_fixed_and_members_in_schema_order(tmp_path):
     with tarfile.open(root / "train-000000.tar") as tar:
         members = tar.getmembers()
     assert [m.name for m in members] == [
-        f"train_00000{i}.{ext}" for i in range(2) for ext in ("rgb.jpg", "depth.png", "label.png", "json")
+        f"train_00000{i}.{ext}"
+        for i in range(2)
+        for ext in ("rgb.jpg", "depth.png", "label.png", "json")
     ]
-    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+        (0, 0, 0, "", "", 0o644)
+    }
 
 
 def test_max_shard_bytes_closes_shards_early(tmp_path):
@@ -127,20 +131,43 @@ def test_crash_leaves_no_partial_shard_and_resume_equals_uninterrupted(tmp_path)
     assert [n for n in names if n.endswith(".tar")] == [f"train-{i:06d}.tar" for i in range(3)]
     with pytest.raises(UsageError, match="unfinished conversion"):
         convert(SyntheticConverter(cfg), str(out), ConvertConfig(shard_size=3, progress=False))
-    convert(SyntheticConverter(cfg), str(out), ConvertConfig(shard_size=3, progress=False, mode="resume"))
+    convert(
+        SyntheticConverter(cfg),
+        str(out),
+        ConvertConfig(shard_size=3, progress=False, mode="resume"),
+    )
     assert shard_hashes(out) == shard_hashes(ref)
     assert not [n for n in os.listdir(out) if n.startswith(("_progress", "."))]
 
 
 @pytest.mark.timeout(240)
 def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
-    args = ["convert", "synthetic", "--num", "48", "--size", "64x48", "--shard-size", "4",
-            "--per-unit", "2", "--workers", "2", "--no-progress"]
+    args = [
+        "convert",
+        "synthetic",
+        "--num",
+        "48",
+        "--size",
+        "64x48",
+        "--shard-size",
+        "4",
+        "--per-unit",
+        "2",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     ref = tmp_path / "ref"
-    subprocess.run([sys.executable, "-m", "datakit", *args, str(ref)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "datakit", *args, str(ref)], check=True, capture_output=True
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "datakit", *args, str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datakit", *args, str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if out.exists() and len([n for n in os.listdir(out) if n.endswith(".tar")]) >= 3:
@@ -149,8 +176,11 @@ def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the writer and its worker processes
     proc.wait()
     assert not (out / "_info.json").exists(), "conversion finished before it could be killed"
-    res = subprocess.run([sys.executable, "-m", "datakit", *args, "--resume", str(out)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "datakit", *args, "--resume", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert shard_hashes(out) == shard_hashes(ref)
     assert sorted(os.listdir(out)) == sorted(os.listdir(ref))  # no temporaries, no progress file
@@ -162,12 +192,17 @@ def test_parts_then_merge_equal_one_run(tmp_path):
     convert(SyntheticConverter(cfg), str(whole), ConvertConfig(shard_size=3, progress=False))
     parts = tmp_path / "parts"
     for i in (2, 0, 1):
-        convert(SyntheticConverter(cfg), str(parts),
-                ConvertConfig(shard_size=3, progress=False, part=i, num_parts=3))
+        convert(
+            SyntheticConverter(cfg),
+            str(parts),
+            ConvertConfig(shard_size=3, progress=False, part=i, num_parts=3),
+        )
     assert not (parts / "_info.json").exists()
     assert any(n.startswith("train-p001-") for n in os.listdir(parts))
     info = merge(str(parts))
-    assert info["splits"]["train"]["num_samples"] == 14 and info["splits"]["val"]["num_samples"] == 5
+    assert (
+        info["splits"]["train"]["num_samples"] == 14 and info["splits"]["val"]["num_samples"] == 5
+    )
     assert sample_sequence(parts) == sample_sequence(whole)
     w = json.loads((whole / "_info.json").read_text())
     assert info["depth"] == w["depth"] and info["labels"] == w["labels"]
@@ -175,7 +210,9 @@ def test_parts_then_merge_equal_one_run(tmp_path):
 
 def test_merge_names_missing_parts(tmp_path):
     cfg = SyntheticConfig(num=6, size=(48, 36), per_unit=2)
-    convert(SyntheticConverter(cfg), str(tmp_path), ConvertConfig(progress=False, part=0, num_parts=3))
+    convert(
+        SyntheticConverter(cfg), str(tmp_path), ConvertConfig(progress=False, part=0, num_parts=3)
+    )
     with pytest.raises(DatakitError, match="parts 1, 2 of 3 are not finished"):
         merge(str(tmp_path))
 
@@ -201,8 +238,15 @@ class Bad(Converter):
         if i == 4:
             yield Skipped(f"/data/file{i}.bin#frame1", "corrupt JPEG")
         rgb = np.full((4, 4, 3), i, np.uint8)
-        meta = make_meta(source="bad", id=str(i), split="train", width=4, height=4,
-                         depth_scale=0.001, depth_unit="m")
+        meta = make_meta(
+            source="bad",
+            id=str(i),
+            split="train",
+            width=4,
+            height=4,
+            depth_scale=0.001,
+            depth_unit="m",
+        )
         yield Sample(f"s{i}", "train", rgb, meta, np.full((4, 4), i, np.uint16))
 
     def info(self) -> SourceInfo:
@@ -217,7 +261,9 @@ def test_on_error_fail_names_the_file(tmp_path):
 
 def test_on_error_skip_logs_and_counts(tmp_path):
     out = tmp_path / "o"
-    convert(Bad(BadConfig()), str(out), ConvertConfig(progress=False, on_error="skip", shard_size=2))
+    convert(
+        Bad(BadConfig()), str(out), ConvertConfig(progress=False, on_error="skip", shard_size=2)
+    )
     info = json.loads((out / "_info.json").read_text())
     assert info["errors"] == {"skipped": 2, "log": "errors.jsonl"}
     log = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
