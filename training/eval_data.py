@@ -47,15 +47,15 @@ def in_holdout(key: str, fraction: float) -> bool:
 
 class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     def __init__(
-        self, urls: list[str], size: tuple[int, int], select: Callable[[str], bool]
+        self, urls: list[str], size: tuple[int, int], select: Callable[[str], bool], storage: Any
     ) -> None:
-        self.urls, self.size, self.select = urls, size, select
+        self.urls, self.size, self.select, self.storage = urls, size, select, storage
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         from datakit.reader import pipeline
 
         h, w = self.size
-        for s in pipeline(self.urls, split_by_worker=True):
+        for s in pipeline(self.urls, split_by_worker=True, storage=self.storage):
             if not self.select(s.key):
                 continue
             if s.label is None:
@@ -84,7 +84,7 @@ def read_split(
         counted += entry.num_samples
     if not urls:
         raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
-    reader = _SplitReader(urls, size, select)
+    reader = _SplitReader(urls, size, select, getattr(dataset, "storage", None))
     loader = torch.utils.data.DataLoader(
         reader, batch_size=None, num_workers=min(workers, len(urls))
     )
