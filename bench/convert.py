@@ -49,6 +49,8 @@ def run(num: int, size: str, workers: int, out: str) -> tuple[float, float]:
         ],
         check=True,
         capture_output=True,
+        # One BLAS/OpenMP thread per process, as the writer's workers run: N workers = N cores.
+        env={**os.environ, **dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1")},
     )
     wall = time.perf_counter() - t0
     return num / wall, num / (_children_cpu() - c0)

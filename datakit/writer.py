@@ -199,6 +199,26 @@ def iter_unit_results(
             yield encode_unit(converter, unit, cfg)
         return
     ctx = multiprocessing.get_context("spawn")
+    # One thread per worker process: N workers on N cores, not N x (BLAS/OpenMP threads). Spawned
+    # children read these before importing numpy; the parent's environment is restored after.
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+    try:
+        yield from _pool_results(converter, units, cfg, ctx)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _pool_results(
+    converter: Any, units: Sequence[Any], cfg: ConvertConfig, ctx: Any
+) -> Iterator[list[Item]]:
     with ProcessPoolExecutor(
         cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(converter, cfg)
     ) as pool:
