@@ -33,7 +33,13 @@ from torch import Tensor, nn
 
 from datakit.errors import DatakitError, UsageError
 from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
-from training.models import LEVELS, Backbone
+from training.models import (
+    LEVELS,
+    Backbone,
+    arch_of_state,
+    load_backbone_weights,
+    read_backbone_state,
+)
 from training.probe import Batcher, ProbeHead, batches, fit_head, score_head
 
 PROTOCOLS = ("linear", "finetune")
@@ -124,31 +130,9 @@ def load_backbone(
     initialised ``arch`` when ``checkpoint`` is None. Raises DatakitError for a missing or unfit file."""
     if checkpoint is None:
         return Backbone(arch, levels)
-    p = Path(checkpoint)
-    if not p.is_file():
-        raise DatakitError(f"{checkpoint}: no such checkpoint")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means a bad file for the user
-        raise DatakitError(f"{checkpoint}: not a readable checkpoint ({exc})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("backbone"), dict):
-        obj = obj["backbone"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise DatakitError(f"{checkpoint}: not a backbone state dict")
-    state = {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
-    arch = "resnet50" if "layer1.0.conv3.weight" in state else "resnet18"
-    backbone = Backbone(arch, levels)
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that do not fit
-        raise DatakitError(
-            f"{checkpoint}: does not fit {arch} ({str(exc).splitlines()[-1].strip()})"
-        ) from None
-    if missing or unexpected:
-        raise DatakitError(
-            f"{checkpoint}: does not fit {arch} (missing {len(missing)} keys, e.g. {missing[:2]}; "
-            f"unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
-        )
+    state = read_backbone_state(checkpoint, "checkpoint")
+    backbone = Backbone(arch_of_state(state), levels)
+    load_backbone_weights(backbone, checkpoint, state)
     return backbone
 
 

@@ -81,15 +81,31 @@ def build_backbone(
     return backbone
 
 
-def load_backbone_weights(backbone: Backbone, path: str) -> None:
+def read_backbone_state(path: str, what: str = "weights file") -> dict[str, Tensor]:
+    """The backbone tensors of a torchvision ResNet state dict, a ``datakit export`` file or a
+    ``RUN/last.pt`` (its ``backbone`` entry): ``module.`` prefixes dropped, ``fc.*`` ignored.
+    Raises :class:`DatakitError` for a missing, unreadable or non-state-dict file."""
     from training.checkpoint import read_torch_file
 
-    obj = read_torch_file(path, "weights file")
+    obj = read_torch_file(path, what)
     if isinstance(obj, dict) and isinstance(obj.get("backbone"), dict):
         obj = obj["backbone"]
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise DatakitError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    state = {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
+    return {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
+
+
+def arch_of_state(state: dict[str, Tensor]) -> str:
+    """resnet50 (bottleneck blocks have conv3) or resnet18."""
+    return "resnet50" if "layer1.0.conv3.weight" in state else "resnet18"
+
+
+def load_backbone_weights(
+    backbone: Backbone, path: str, state: dict[str, Tensor] | None = None
+) -> None:
+    """Load ``path`` (or its already read ``state``) into ``backbone``; every key must fit."""
+    if state is None:
+        state = read_backbone_state(path)
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of the wrong shape
