@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import urllib.request
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -67,7 +68,7 @@ class FsspecSource:
         pass
 
 
-class StreamSource:
+class StreamSource(ABC):
     """One streaming GET per shard, read in order; after a failure the stream is reopened at the
     failed offset with ``Range: bytes=N-`` (where a server ignores ranges, the first N bytes are
     read again and skipped). Subclasses send the request."""
@@ -82,9 +83,9 @@ class StreamSource:
         self._size: int | None = None
         self._etag = ""
 
+    @abstractmethod
     def _request(self, start: int) -> tuple[Any, int | None, str, bool]:
         """(readable body, object size or None, ETag, whether the body starts at ``start``)."""
-        raise NotImplementedError
 
     def _open(self, start: int) -> None:
         self._drop()
@@ -119,9 +120,9 @@ class StreamSource:
         assert self._size is not None
         return self._size
 
+    @abstractmethod
     def _head(self) -> tuple[int | None, str]:
         """(object size, ETag) without the body."""
-        raise NotImplementedError
 
     def identity(self) -> str:
         """Size and ETag, by a HEAD request when no GET is open (a cache hit needs no body)."""

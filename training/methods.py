@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, TypeVar
 
@@ -69,13 +70,14 @@ def _frozen_copy(module: M) -> M:
     return twin
 
 
-class MomentumMethod(nn.Module):
+class MomentumMethod(nn.Module, ABC):
     """Shared plumbing: pairs of (online, momentum) modules updated by exponential moving average."""
 
     backbone: Backbone
 
+    @abstractmethod
     def momentum_pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
-        raise NotImplementedError
+        """(online, momentum) module pairs that the EMA update walks."""
 
     @torch.no_grad()
     def momentum_update(self, m: float) -> None:
