@@ -290,19 +290,12 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Channel c = v - v s clamp(min(k, 4 - k), 0, 1) with k = (n_c + 6 h) mod 6, n = (5, 3, 1): the
+    six-sector formula of torchvision without its (N, 3, 6, H, W) stack (one-ulp differences)."""
     h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), 1)
-    a2 = torch.stack((t, v, v, q, p, p), 1)
-    a3 = torch.stack((p, p, t, v, v, q), 1)
-    a4 = torch.stack((a1, a2, a3), 1)  # (N, 3, 6, H, W)
-    return torch.einsum("nkhw,nckhw->nchw", mask.to(x.dtype), a4)
+    n = torch.tensor((5.0, 3.0, 1.0), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0, 1)
 
 
 def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
@@ -357,6 +350,30 @@ def photometric(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     return x
 
 
+def _decode_jpegs_cuda(
+    decode_jpeg: Any, jpegs: list[torch.Tensor], device: torch.device, stream: torch.cuda.Stream
+) -> list[torch.Tensor]:
+    """nvJPEG batch decode that cannot overwrite memory the caller's stream is still using.
+
+    torchvision allocates the outputs from the *current* stream's pool and then writes them on a
+    private stream that is not ordered after the current one (pytorch/vision#9606; nvJPEG's hardware
+    engine does not honour stream order either). A block the caller freed while its kernels still
+    read it can thus be handed to the decoder and overwritten under them: on an H100 that turned
+    training batches into NaNs. So the outputs are allocated on ``stream``, which carries no other
+    work (nothing queued on it can be using a block it hands out); the caller's stream waits for the
+    decode, and ``record_stream`` keeps each output's block from going back to ``stream``'s pool
+    before the caller's kernels that read it have run.
+    """
+    caller = torch.cuda.current_stream(device)
+    stream.synchronize()  # nothing but earlier decodes ever runs here: returns at once
+    with torch.cuda.stream(stream):
+        images = decode_jpeg(jpegs, device=device)
+    caller.wait_stream(stream)
+    for image in images:
+        image.record_stream(caller)
+    return list(images)
+
+
 class GpuViews:
     """Turns a :func:`collate_encoded` batch into the SPEC 4 batch dict on ``device``."""
 
@@ -365,6 +382,7 @@ class GpuViews:
         self.device = torch.device(device)
         self.mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1)
+        self._decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def decode(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """(3, H, W) uint8 images on the device; JPEGs through nvJPEG in one batched call."""
@@ -376,8 +394,8 @@ class GpuViews:
 
         sizes = batch["jpeg_sizes"].tolist()
         jpegs = list(torch.split(batch["jpeg_data"], [n for n in sizes if n > 0]))
-        if jpegs and self.device.type == "cuda":
-            decoded = iter(decode_jpeg(jpegs, device=self.device))
+        if jpegs and self._decode_stream is not None:
+            decoded = iter(_decode_jpegs_cuda(decode_jpeg, jpegs, self.device, self._decode_stream))
         else:
             decoded = iter([decode_jpeg(j) for j in jpegs])
         raw = iter(batch["images"])

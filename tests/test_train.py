@@ -159,6 +159,19 @@ def test_existing_run_needs_resume(synthetic_dataset: Path, tmp_path: Path) -> N
     assert res.exit_code != 0 and "--resume" in res.output
 
 
+def test_diverging_run_stops_with_one_line_and_keeps_no_nan_checkpoint(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    res = train(
+        "--data", str(synthetic_dataset), "--out", str(run), "--steps", "20", *FAST,
+        "--set", "optimizer=sgd", "--lr", "1e30", "--set", "warmup_steps=0", "--set", "log_every=1",
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert "loss is nan" in res.output and "at step" in res.output
+    assert not (run / "last.pt").exists()
+
+
 DDP_SCRIPT = """
 import json, os, sys
 import datakit.loader

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from datakit.errors import UsageError
+from datakit.errors import DatakitError, UsageError
 from training import checkpoint
 from training.config import TrainConfig, dump_yaml, resolve
 from training.data import BatchStream, split_size
@@ -30,6 +31,10 @@ from training.metrics import MetricsLog
 from training.optim import build_optimizer, lr_at
 
 CONFIG_NAME = "config.yaml"
+
+
+class TrainingDiverged(DatakitError):
+    """The loss became NaN or infinite: the run stops instead of training on NaN weights."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +291,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                 )
                 last_loss = values["loss"]
                 log.log(done, values)
+                if not math.isfinite(last_loss):
+                    raise TrainingDiverged(
+                        f"{cfg.out}: loss is {last_loss} at step {done} (lr {stats.lr:.4g}); "
+                        f"no checkpoint written for it. Try --set precision=fp32, a lower lr "
+                        f"or more warmup_steps"
+                    )
                 t_log, wait, steps_since = time.perf_counter(), 0.0, 0
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 _save(ckpt_path, cfg, stepper, done, stream, rt)
