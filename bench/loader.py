@@ -136,24 +136,50 @@ def baseline_loader(urls: list[str], batch: int, workers: int, epoch_samples: in
 
 
 def rate(
-    loader: Any, samples: int, *, cuda: bool = False, warmup: int = 1, cpu_time: bool = False
+    loader: Any,
+    samples: int,
+    *,
+    cuda: bool = False,
+    warmup: int = 1,
+    cpu_time: bool = False,
+    stats: dict[str, float] | None = None,
 ) -> float:
     """Paired samples per second after ``warmup`` batches (startup excluded). ``cpu_time``: per
-    second of this process's CPU time (robust on a shared machine when all work is in-process)."""
+    second of this process's CPU time (robust on a shared machine when all work is in-process).
+    ``stats`` receives ``main_cpu``: this process's CPU seconds (all its threads: receiving, pinning,
+    the GPU stage) per wall second over the timed window; near 1 or more, the main process is the
+    limit, not the workers."""
     clock = time.process_time if cpu_time else time.perf_counter
     it = iter(loader)
     for _ in range(warmup):
         next(it)
     if cuda:
         torch.cuda.synchronize()
-    n, t0 = 0, clock()
+    n, t0, cpu0, wall0 = 0, clock(), time.process_time(), time.perf_counter()
     for batch in it:
         n += batch["view1"].shape[0]
         if n >= samples:
             break
     if cuda:
         torch.cuda.synchronize()
+    if stats is not None:
+        stats["main_cpu"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return n / (clock() - t0)
+
+
+def cpu_topology() -> dict[str, Any]:
+    """Logical CPUs this process may use and hardware threads per core (SMT siblings share a core:
+    16 logical CPUs of 8 cores scale like 8 above 8 workers)."""
+    siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    per_core = None
+    if siblings.exists():
+        text = siblings.read_text().strip()
+        per_core = sum(
+            int(b) - int(a) + 1 if "-" in part else 1
+            for part in text.split(",")
+            for a, _, b in [part.partition("-")]
+        )
+    return {"logical_cpus": len(os.sched_getaffinity(0)), "threads_per_core": per_core}
 
 
 def ours(data: str, batch: int, workers: int, samples: int, *, gpu: bool = False) -> Any:
@@ -440,15 +466,18 @@ def main() -> None:
 
     if args.workers:
         counts = [int(x) for x in args.workers.split(",")]
+        print(json.dumps(cpu_topology()))
         base_rate = None
         for n in counts:
             batch = 256 if args.gpu else args.batch
             samples = max(args.samples, 100 * n) if not args.gpu else max(args.samples, 8192)
+            stats: dict[str, float] = {}
             rr = rate(
                 ours(args.data, batch, n, samples, gpu=args.gpu),
                 samples,
                 cuda=args.gpu,
                 warmup=max(1, n),
+                stats=stats,
             )
             if base_rate is None:
                 base_rate = rr / n
@@ -462,6 +491,7 @@ def main() -> None:
                         "batch": batch,
                         "samples_per_s": round(rr, 1),
                         "efficiency_vs_first": round(eff, 2),
+                        "main_process_cpu": round(stats["main_cpu"], 2),
                     }
                 )
             )
