@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,19 @@ def test_diverging_run_stops_with_one_line_and_keeps_no_nan_checkpoint(
     assert res.exit_code == 1
     assert "loss is nan" in res.output and "at step" in res.output
     assert not (run / "last.pt").exists()
+
+
+def test_abs_depth_filter_refuses_inverse_depth(synthetic_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "inverse"
+    shutil.copytree(synthetic_dataset, data)
+    info = json.loads((data / "_info.json").read_text())
+    info["depth"]["unit"] = "1/m"
+    (data / "_info.json").write_text(json.dumps(info))
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--method", "pixpro-depth",
+            "--steps", "1", *FAST]  # fmt: skip
+    res = train(*args, "--set", "depth_mode=abs")
+    assert res.exit_code == 2 and "inverse depth (1/m)" in res.output
+    assert train(*args, "--set", "depth_mode=log").exit_code == 0
 
 
 DDP_SCRIPT = """

@@ -126,6 +126,18 @@ def _mean_across_ranks(values: dict[str, Tensor], rt: Runtime) -> dict[str, floa
     return dict(zip(names, t.tolist(), strict=True))
 
 
+# depth units in which a difference is no distance: the depth filter's ``abs`` mode refuses them
+NOT_A_DISTANCE = {"1/m": "inverse depth", "relative": "relative depth"}
+
+
+def _check_depth_unit(cfg: TrainConfig, unit: str | None) -> None:
+    if cfg.method == "pixpro-depth" and cfg.depth_mode == "abs" and unit in NOT_A_DISTANCE:
+        raise UsageError(
+            f"{cfg.data}: depth is {NOT_A_DISTANCE[unit]} ({unit}); depth_mode abs compares "
+            f"distances: use depth_mode norm or log (log is the same on inverse depth)"
+        )
+
+
 def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str, Any] | None, Any]:
     from datakit.reader import open_dataset
 
@@ -146,6 +158,7 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
     elif cfg.resume and rt.main:
         print(f"datakit train: no {ckpt_path}; starting from step 0", file=sys.stderr)
     dataset = open_dataset(cfg.data)
+    _check_depth_unit(cfg, (dataset.info.depth or {}).get("unit"))
     cfg = resolve(cfg, num_samples=split_size(dataset, cfg.split))
     per_rank, rem = divmod(cfg.batch_size, rt.world * cfg.accum_steps)
     if rem or per_rank < 1:
