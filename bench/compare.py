@@ -53,6 +53,11 @@ class Scale:
     eval_epochs: int = 30
     eval_batch_size: int = 32
     workers: int = 4  # loader processes per run
+    # every method's recipe lr (base_lr x batch / 256) times this: a schedule of a few dozen steps
+    # at a small batch moves a LARS network by lr x trust per step, far less than the recipe's
+    # thousands of steps do (docs/results.md, section 1)
+    lr_scale: float = 1.0
+    warmup_steps: int = 0  # 0: the trainer's default (5 epochs, at most half the steps)
 
 
 PRESETS = {
@@ -61,11 +66,13 @@ PRESETS = {
         num=256,
         val=64,
         size="128x96",
-        steps=60,
+        steps=70,
         batch_size=32,
         image_size=96,
         eval_epochs=20,
         workers=0,
+        lr_scale=16.0,
+        warmup_steps=10,
     ),
 }
 
@@ -107,6 +114,8 @@ def run_one(
     run.mkdir(parents=True, exist_ok=True)
     log, record = run / "log.txt", out / "commands.txt"
     flags = METHODS[method]
+    if flags is not None:
+        flags = [*flags, *schedule_flags(flags[flags.index("--method") + 1], sc)]
     t0 = time.perf_counter()
     ckpt = run / "last.pt"
     if flags is not None and not (run / "done").exists():
@@ -197,6 +206,18 @@ def run_one(
         if sps:
             rec["samples_per_s"] = statistics.fmean(sps)
     return rec
+
+
+def schedule_flags(method: str, sc: Scale) -> list[str]:
+    """``--set`` flags for the scale's lr multiplier and warmup (none at the defaults)."""
+    from training.config import METHOD_DEFAULTS
+
+    out = []
+    if sc.lr_scale != 1.0:
+        out += ["--set", f"base_lr={METHOD_DEFAULTS[method]['base_lr'] * sc.lr_scale:g}"]
+    if sc.warmup_steps:
+        out += ["--set", f"warmup_steps={sc.warmup_steps}"]
+    return out
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -321,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(
             f"--{field.replace('_', '-')}",
             default=None,
-            type=str if field in ("size", "arch") else int,
+            type={"size": str, "arch": str, "lr_scale": float}.get(field, int),
         )
     args = ap.parse_args(argv)
     sc = replace(
@@ -425,7 +446,8 @@ def report(
     print(table)
     title = (
         f"synthetic {sc.size}, {sc.num} train / {sc.val} val; {sc.arch}, {sc.steps} steps x "
-        f"{sc.batch_size} at {sc.image_size} px; seeds {seeds}"
+        f"{sc.batch_size} at {sc.image_size} px"
+        f"{f', recipe lr x{sc.lr_scale:g}' if sc.lr_scale != 1 else ''}; seeds {seeds}"
     )
     plot(summary, plot_path or out / "results.png", title)
 
