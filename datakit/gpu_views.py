@@ -358,8 +358,8 @@ def _decode_jpegs_cuda(
     torchvision allocates the outputs from the *current* stream's pool and then writes them on a
     private stream that is not ordered after the current one (pytorch/vision#9606; nvJPEG's hardware
     engine does not honour stream order either). A block the caller freed while its kernels still
-    read it can thus be handed to the decoder and overwritten under them: on an H100 that turned
-    training batches into NaNs. So the outputs are allocated on ``stream``, which carries no other
+    read it can thus be handed to the decoder and overwritten under them (the cause we found for
+    our training runs going NaN on an H100). So the outputs are allocated on ``stream``, which carries no other
     work (nothing queued on it can be using a block it hands out); the caller's stream waits for the
     decode, and ``record_stream`` keeps each output's block from going back to ``stream``'s pool
     before the caller's kernels that read it have run.
