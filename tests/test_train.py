@@ -171,6 +171,19 @@ def test_diverging_run_stops_with_one_line_and_keeps_no_nan_checkpoint(
     assert res.exit_code == 1
     assert "loss is nan" in res.output and "at step" in res.output
     assert not (run / "last.pt").exists()
+    # checkpoints every step, no loss logged before the end: the weights check stops it instead
+    run = tmp_path / "run2"
+    res = train(
+        "--data", str(synthetic_dataset), "--out", str(run), "--steps", "20", *FAST,
+        "--set", "optimizer=sgd", "--lr", "1e30", "--set", "warmup_steps=0",
+        "--set", "log_every=100", "--set", "ckpt_every=1",
+    )  # fmt: skip
+    assert res.exit_code == 1 and "weights are not finite after step" in res.output
+    if (run / "last.pt").exists():
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+        assert all(
+            torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()
+        )
 
 
 def test_abs_depth_filter_refuses_inverse_depth(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -322,6 +322,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
 def _save(
     path: Path, cfg: TrainConfig, stepper: Stepper, step: int, stream: BatchStream, rt: Runtime
 ) -> None:
+    params = [p.detach() for p in stepper.method.parameters()]
+    if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):  # every rank
+        raise TrainingDiverged(
+            f"{cfg.out}: weights are not finite after step {step}; not written to {path.name}. "
+            f"Try --set precision=fp32, a lower lr or more warmup_steps"
+        )
     positions: list[Any] = [stream.position]
     if rt.distributed:
         positions = [None] * rt.world
