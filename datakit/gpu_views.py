@@ -365,7 +365,6 @@ def _decode_jpegs_cuda(
     before the caller's kernels that read it have run.
     """
     caller = torch.cuda.current_stream(device)
-    stream.synchronize()  # nothing but earlier decodes ever runs here: returns at once
     with torch.cuda.stream(stream):
         images = decode_jpeg(jpegs, device=device)
     caller.wait_stream(stream)
