@@ -170,15 +170,13 @@ def rate(
 def cpu_topology() -> dict[str, Any]:
     """Logical CPUs this process may use and hardware threads per core (SMT siblings share a core:
     16 logical CPUs of 8 cores scale like 8 above 8 workers)."""
-    siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")  # "0,8" or "0-1"
     per_core = None
     if siblings.exists():
-        text = siblings.read_text().strip()
-        per_core = sum(
-            int(b) - int(a) + 1 if "-" in part else 1
-            for part in text.split(",")
-            for a, _, b in [part.partition("-")]
-        )
+        per_core = 0
+        for part in siblings.read_text().strip().split(","):
+            first, _, last = part.partition("-")
+            per_core += int(last or first) - int(first) + 1
     return {"logical_cpus": len(os.sched_getaffinity(0)), "threads_per_core": per_core}
 
 
