@@ -22,21 +22,16 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def convert64(out: Path) -> list[str]:
+    """`datakit convert` of 64 synthetic 64x48 samples in shards of 16 into ``out``."""
+    return ["convert", "synthetic", str(out), "--num", "64", "--size", "64x48", "--shard-size", "16",
+            "--no-progress"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ds64(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "syn"
-    res = run(
-        "convert",
-        "synthetic",
-        str(out),
-        "--num",
-        "64",
-        "--size",
-        "64x48",
-        "--shard-size",
-        "16",
-        "--no-progress",
-    )
+    res = run(*convert64(out))
     assert res.exit_code == 0, res.output
     assert "64 samples in 4 shards" in res.output
     return out
@@ -130,21 +125,7 @@ def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
 
 
 def test_convert_refuses_existing_and_conflicting_flags(ds64):
-    res = CliRunner().invoke(
-        main,
-        [
-            "convert",
-            "synthetic",
-            str(ds64),
-            "--num",
-            "64",
-            "--size",
-            "64x48",
-            "--shard-size",
-            "16",
-            "--no-progress",
-        ],
-    )
+    res = CliRunner().invoke(main, convert64(ds64))
     assert res.exit_code == 2 and "already holds a complete dataset" in res.output
     res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--resume", "--overwrite"])
     assert res.exit_code == 2 and "exclude each other" in res.output
