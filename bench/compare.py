@@ -3,9 +3,10 @@
 Pretrains random-init (no training) / PixPro / PixPro-depth / PixPro-depth multi-scale / PixCon (with
 semantic reweighting) on the same synthetic scenes with the same budget (steps, batch, image size)
 and seeds, evaluates each with the linear probe of ``datakit eval`` on C5 and on concatenated C3-C5,
-prints a table of mean and std over the seeds (plus the paired per-seed difference depth - PixPro),
-and saves a plot and ``summary.json``. Every step is a ``datakit`` command, logged with its exact
-command line in ``OUT/commands.txt``; finished runs are kept, so a rerun resumes.
+prints a table of mean and std over the seeds and the paired per-seed differences against random
+init and against PixPro (with t statistics), and saves a plot and ``summary.json``. Every step is a
+``datakit`` command, logged with its exact command line in ``OUT/commands.txt``; finished runs are
+kept, so a rerun resumes.
 
     python bench/compare.py --out bench/out/compare                 # GPU scale (docs/results.md)
     python bench/compare.py --out bench/out/compare-cpu --preset cpu # a smaller CPU run
@@ -39,6 +40,8 @@ METHODS: dict[str, list[str] | None] = {
     "pixcon-sr": ["--method", "pixcon", "--set", "queue_size=4096"],
 }
 PROBES = {"c5": "c5", "c3-c5": "c3,c4,c5"}
+# paired per-seed differences are taken against these, in this order (each pair once)
+BASELINES = ("random-init", "pixpro")
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,8 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
-    """Mean/std per method and probe, and paired per-seed differences against PixPro."""
+    """Mean/std per method and probe, and paired per-seed differences (same seed) of every method
+    against random init and against PixPro, with their t statistic (n - 1 degrees of freedom)."""
     by = {
         m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
         for m in methods
@@ -241,10 +245,12 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
         table[m]["seeds"] = [r["seed"] for r in rs]
         table[m]["per_seed"] = {p: [r[p] for r in rs] for p in PROBES}
     paired: dict[str, Any] = {}
-    if "pixpro" in by:
-        base = {r["seed"]: r for r in by["pixpro"]}
+    for baseline in BASELINES:
+        if baseline not in by:
+            continue
+        base = {r["seed"]: r for r in by[baseline]}
         for m in methods:
-            if m == "pixpro":
+            if m in BASELINES[: BASELINES.index(baseline) + 1]:
                 continue
             for p in PROBES:
                 diffs = [r[p] - base[r["seed"]][p] for r in by[m] if r["seed"] in base]
@@ -252,8 +258,9 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                     continue
                 mean, sd = _ms(diffs)
                 se = sd / math.sqrt(len(diffs))
-                paired[f"{m} - pixpro [{p}]"] = {
+                paired[f"{m} - {baseline} [{p}]"] = {
                     "diffs": diffs,
+                    "seeds": [r["seed"] for r in by[m] if r["seed"] in base],
                     "mean": mean,
                     "std": sd,
                     "t": mean / se if se > 0 else math.inf * (1 if mean >= 0 else -1),

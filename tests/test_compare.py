@@ -1,0 +1,44 @@
+"""bench/compare.py's statistics: means over seeds and paired per-seed differences with t."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.compare import markdown, summarise
+
+
+def _rec(method: str, seed: int, c5: float, c35: float) -> dict:
+    return {"method": method, "seed": seed, "c5": c5, "c3-c5": c35}
+
+
+def test_paired_differences_against_random_init_and_pixpro() -> None:
+    records = [
+        _rec("random-init", 0, 0.40, 0.70),
+        _rec("random-init", 1, 0.44, 0.72),
+        _rec("random-init", 2, 0.42, 0.71),
+        _rec("pixpro", 0, 0.45, 0.78),
+        _rec("pixpro", 1, 0.46, 0.79),
+        _rec("pixpro", 2, 0.47, 0.77),
+        _rec("pixpro-depth", 0, 0.47, 0.78),
+        _rec("pixpro-depth", 2, 0.49, 0.78),  # seed 1 missing: paired over seeds 0 and 2 only
+    ]
+    s = summarise(records, ["random-init", "pixpro", "pixpro-depth"])
+    assert s["table"]["pixpro"]["c5"]["mean"] == pytest.approx(0.46)
+    assert s["table"]["pixpro"]["c5"]["std"] == pytest.approx(0.01)
+    assert set(s["paired"]) == {
+        f"{m} - {b} [{p}]"
+        for m, b in (("pixpro", "random-init"), ("pixpro-depth", "random-init"), ("pixpro-depth", "pixpro"))
+        for p in ("c5", "c3-c5")
+    }  # fmt: skip
+    d = s["paired"]["pixpro - random-init [c5]"]
+    assert d["diffs"] == pytest.approx([0.05, 0.02, 0.05])
+    mean, sd = 0.04, math.sqrt(((0.01) ** 2 + (0.02) ** 2 + (0.01) ** 2) / 2)
+    assert d["mean"] == pytest.approx(mean)
+    assert d["t"] == pytest.approx(mean / (sd / math.sqrt(3)))
+    depth = s["paired"]["pixpro-depth - pixpro [c5]"]
+    assert depth["seeds"] == [0, 2] and depth["diffs"] == pytest.approx([0.02, 0.02])
+    assert depth["mean"] == pytest.approx(0.02) and depth["t"] > 1e6  # (almost) no spread
+    table = markdown(s, records)
+    assert "| pixpro - random-init [c5] | +5.0, +2.0, +5.0 | +4.0 ± 1.7 |" in table
