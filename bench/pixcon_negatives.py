@@ -29,6 +29,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.key_collapse import offdiag_cos  # noqa: E402
 from datakit.reader import open_dataset  # noqa: E402
 from training.config import build_config, resolve  # noqa: E402
 from training.data import BatchStream, split_size  # noqa: E402
@@ -36,14 +37,6 @@ from training.methods import PixCon, build_method, momentum_at  # noqa: E402
 from training.optim import build_optimizer, lr_at  # noqa: E402
 
 NEGATIVES = ("queue", "filled", "batch")
-
-
-def offdiag_cos(x: Tensor) -> float:
-    """Mean cosine between distinct rows of x (N, D)."""
-    xn = F.normalize(x.float(), dim=1)
-    sim = xn @ xn.t()
-    n = sim.shape[0]
-    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
 
 def negatives_logits(q: Tensor, keys: Tensor, own: int, negs: Tensor | None) -> Tensor:
