@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
                 row: dict[str, float | int | str] = {
                     "negatives": negatives,
                     "step": step,
-                    "loss": round(float(loss), 4),
+                    "loss": round(loss.item(), 4),
                     "chance": round(math.log(n_neg + 1), 4),
                     "pos_cos": round(pos_cos, 4),
                     "neg_cos": round(neg_cos, 4),

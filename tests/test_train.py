@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from datakit.cli import main
 from training import checkpoint
 from training.config import TrainConfig, from_layers, resolve
+from training.loop import queue_fill_note
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,29 @@ def test_train_every_method_20_steps(
     assert saved["method"] == method and saved["optimizer"] in ("lars", "sgd")
     assert saved["lr"] is not None and saved["warmup_steps"] is not None  # resolved
     assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_pixcon_warns_when_its_queues_fill_late(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # batch 4 pushes 8 keys a step: 64 keys fill after 8 steps, 128 after 16 (over half of 20)
+    assert (
+        queue_fill_note(TrainConfig(method="pixcon", batch_size=4, steps=20, queue_size=64)) is None
+    )
+    assert (
+        queue_fill_note(TrainConfig(method="pixpro", batch_size=4, steps=2, queue_size=64)) is None
+    )
+    note = queue_fill_note(TrainConfig(method="pixcon", batch_size=4, steps=20, queue_size=128))
+    assert note is not None and "fill after 16 of its 20 steps (8 keys a step)" in note
+    note = queue_fill_note(TrainConfig(method="pixcon", batch_size=4, steps=20, queue_size=4096))
+    assert note is not None and "fill never in this run" in note
+    run = tmp_path / "run"
+    res = train(
+        "--data", str(synthetic_dataset), "--out", str(run), "--method", "pixcon", "--steps", "3",
+        *FAST, "--set", "queue_size=128",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        "datakit train: warning: the 128-key negative queues fill never in this run" in res.output
+    )
 
 
 def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -138,6 +138,26 @@ def _check_depth_unit(cfg: TrainConfig, unit: str | None) -> None:
         )
 
 
+def queue_fill_note(cfg: TrainConfig) -> str | None:
+    """A warning when PixCon's negative queues fill only in the second half of the run (or never).
+
+    Until a queue is full, part of the negatives are its random initial unit vectors; on short runs
+    they let the global head send every image to one embedding (docs/results.md, section 1).
+    """
+    if cfg.method != "pixcon":
+        return None
+    per_step = 2 * cfg.batch_size  # both views' keys are pushed each step
+    fill = -(-cfg.queue_size // per_step)
+    if 2 * fill <= cfg.steps:
+        return None
+    when = f"after {fill} of its {cfg.steps} steps" if fill <= cfg.steps else "never in this run"
+    return (
+        f"warning: the {cfg.queue_size}-key negative queues fill {when} ({per_step} keys a step); "
+        f"until then random initial keys are negatives, which can collapse the global head "
+        f"(docs/results.md, section 1)"
+    )
+
+
 def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str, Any] | None, Any]:
     from datakit.reader import open_dataset
 
@@ -165,6 +185,8 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
+    if rt.main and (note := queue_fill_note(cfg)):
+        print(f"datakit train: {note}", file=sys.stderr)
     if rt.main:
         run.mkdir(parents=True, exist_ok=True)
         tmp = run / f".{CONFIG_NAME}.tmp"
