@@ -248,6 +248,8 @@ def decode_color(
     JPEGs are decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (DCT scaling) when that is
     still at least ``size``, then resized: 1296x968 -> 648x484 -> 640x480.
     """
+    if not data:  # cv2.imdecode raises cv2.error (not None) on an empty buffer
+        return None
     if compression == "raw":
         if src_size is None or len(data) != src_size[0] * src_size[1] * 3:
             return None

@@ -126,7 +126,7 @@ class LabelSource:
             data = self.zip.read(name) if self.zip else (self.path / name).read_bytes()
         except (OSError, zipfile.BadZipFile, zlib.error) as exc:
             return f"label {name} in {self.path.name} does not read: {exc}"
-        ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
         if ids is None or ids.ndim != 2 or ids.dtype not in (np.uint8, np.uint16):
             return f"label {name} in {self.path.name} is not a single-channel PNG"
         return self.lut[resize_nearest(ids, size)]

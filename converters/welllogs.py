@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -124,7 +126,8 @@ def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
     try:
         files = dlis.load(str(path))
     except Exception as exc:  # dlisio raises RuntimeError/OSError/ValueError for bad files
-        raise SourceError(path, f"not a readable DLIS file ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # dlisio's messages span lines
+        raise SourceError(path, f"not a readable DLIS file ({reason})") from None
     with files:
         tables: list[_Table] = []
         for lf in files:
@@ -285,30 +288,37 @@ def read_well_log(
     suffix = path.suffix.lower()
     if suffix not in READERS:
         raise SourceError(path, f"unknown log format {suffix!r}; known: {', '.join(READERS)}")
-    with READERS[suffix](path) as tables:
-        table = _pick_table(path, tables, image, depth)
-        image_name = image if image is not None else _only_image_channel(path, table)
-        image_curve = _load_curve(path, table, image_name, negative_invalid, min_sectors=2)
-        depth_curve = None
-        if depth is not None:
-            depth_curve = _load_curve(path, table, depth, negative_invalid, min_sectors=1)
-            if parse_unit(depth_curve.unit) is None:
+    try:
+        with READERS[suffix](path) as tables:
+            table = _pick_table(path, tables, image, depth)
+            image_name = image if image is not None else _only_image_channel(path, table)
+            image_curve = _load_curve(path, table, image_name, negative_invalid, min_sectors=2)
+            depth_curve = None
+            if depth is not None:
+                depth_curve = _load_curve(path, table, depth, negative_invalid, min_sectors=1)
+                if parse_unit(depth_curve.unit) is None:
+                    raise SourceError(
+                        path,
+                        f"unknown unit {depth_curve.unit!r} of channel {depth!r}; known: "
+                        f"{', '.join(known_units())}",
+                    )
+            index = table.load_index().reshape(-1)
+            index_unit = parse_unit(table.index_unit)
+            if index_unit is None or UNIT_FACTORS.get(index_unit[0], ("",))[0] not in (
+                "length",
+                "time",
+            ):
                 raise SourceError(
                     path,
-                    f"unknown unit {depth_curve.unit!r} of channel {depth!r}; known: "
-                    f"{', '.join(known_units())}",
+                    f"unknown unit {table.index_unit!r} of index {table.index_name!r} "
+                    "(need a length such as m, ft, 0.1 in, or a time such as ms)",
                 )
-        index = table.load_index().reshape(-1)
-        index_unit = parse_unit(table.index_unit)
-        if index_unit is None or UNIT_FACTORS.get(index_unit[0], ("",))[0] not in (
-            "length",
-            "time",
-        ):
-            raise SourceError(
-                path,
-                f"unknown unit {table.index_unit!r} of index {table.index_name!r} "
-                "(need a length such as m, ft, 0.1 in, or a time such as ms)",
-            )
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # Lazy reads (NPZ members, HDF5 chunks) fail here on a truncated or corrupt file.
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise SourceError(
+            path, f"not a readable {FORMAT_NAMES[suffix].upper()} file ({reason})"
+        ) from None
     index = index * index_unit[1]
     if not np.all(np.isfinite(index)) or np.any(np.isin(index, NULL_VALUES)):
         bad = int(np.flatnonzero(~np.isfinite(index) | np.isin(index, NULL_VALUES))[0])

@@ -8,6 +8,21 @@ class DatakitError(Exception):
 
     exit_code = 1
 
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (unwrap_worker_message(args[0]),)
+        super().__init__(*args)
+
+
+def unwrap_worker_message(message: str) -> str:
+    """torch's DataLoader re-raises a worker's exception as ``type("Caught ... in DataLoader worker
+    process N.\nOriginal Traceback ...\nSampleError: <message>")``: keep the one line that matters."""
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    last = message.rstrip().rsplit("\n", 1)[-1]
+    _, sep, original = last.partition("Error: ")
+    return original if sep else message
+
 
 class SampleError(DatakitError):
     """A sample that does not follow the schema (shape, dtype, key, metadata, codec)."""

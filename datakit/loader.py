@@ -34,8 +34,21 @@ def decode_for_views(
 
     Skips the label (depth) member when ``labels`` (``depth``) is False and, when ``rgb`` is False,
     leaves a JPEG RGB encoded: returns (sample with ``rgb`` None in that case, the JPEG bytes or None).
-    Raises :class:`~datakit.errors.SampleError` like :func:`datakit.schema.decode`.
+    Raises :class:`~datakit.errors.SampleError` like :func:`datakit.schema.decode`, prefixed with
+    the shard's URL so that the message names the file.
     """
+    try:
+        return _decode_for_views(sample, labels=labels, rgb=rgb, depth=depth)
+    except SampleError as exc:
+        url = sample.get("__url__")
+        if not url:
+            raise
+        raise SampleError(f"{url}: {exc}") from None
+
+
+def _decode_for_views(
+    sample: dict[str, Any], *, labels: bool, rgb: bool, depth: bool
+) -> tuple[schema.DecodedSample, bytes | None]:
     key = sample["__key__"]
     decoded: dict[str, Any] = {}
     jpeg = None

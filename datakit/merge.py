@@ -30,7 +30,7 @@ def merge(out: str) -> dict[str, Any]:
         raise DatakitError(
             f"{loc.display}: no part manifests under {PARTS_DIR}/ (run convert --part I --num-parts N first)"
         )
-    parts = [json.loads(parts_loc.read_bytes(n)) for n in names]
+    parts = [_read_part(parts_loc, n) for n in names]
     num_parts = parts[0]["args"]["num_parts"]
     have = sorted(p["args"]["part"] for p in parts)
     missing = sorted(set(range(num_parts)) - set(have))
@@ -52,6 +52,13 @@ def merge(out: str) -> dict[str, Any]:
     for split in split_order:  # group by split, parts in order within each
         for p in parts:
             entries += [ShardEntry.from_json(s) for s in p["shards"] if s["split"] == split]
+    present = set(loc.listdir())
+    absent = [e.name for e in entries if e.name not in present]
+    if absent:  # an _info.json over missing shards would pass an incomplete dataset off as whole
+        raise DatakitError(
+            f"{loc.path(absent[0])}: listed in a part manifest but missing "
+            f"({len(absent)} shard(s)); rerun that part with --resume"
+        )
     stats = DepthStats()
     for p in parts:
         stats = stats.merge(DepthStats.from_json(p["depth_stats"]))
@@ -94,3 +101,27 @@ def merge(out: str) -> dict[str, Any]:
     )
     loc.write_bytes(INFO_NAME, dumps(info))
     return info
+
+
+_PART_KEYS = ("name", "source", "created_by", "args", "shards", "depth_stats", "errors")
+
+
+def _read_part(parts_loc: Location, name: str) -> dict[str, Any]:
+    """One part manifest; :class:`DatakitError` naming the file when it is not one."""
+    where = parts_loc.path(name)
+    try:
+        part = json.loads(parts_loc.read_bytes(name))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatakitError(f"{where}: not valid JSON ({exc})") from None
+    if not (
+        isinstance(part, dict)
+        and all(k in part for k in _PART_KEYS)
+        and isinstance(part["args"], dict)
+        and "part" in part["args"]
+        and "num_parts" in part["args"]
+    ):
+        raise DatakitError(
+            f"{where}: not a datakit part manifest (needs {', '.join(_PART_KEYS)}, "
+            "args.part, args.num_parts)"
+        )
+    return part

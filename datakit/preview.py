@@ -19,7 +19,7 @@ from typing import IO, Any, Literal, Protocol, cast
 
 import numpy as np
 
-from datakit.errors import DatakitError, UsageError
+from datakit.errors import DatakitError, SampleError, UsageError
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
@@ -150,6 +150,8 @@ def read_shard_samples(stream: IO[bytes], wanted: set[int], where: str) -> dict[
                     found[offset] = decode(key, parts, url=where)
     except tarfile.TarError as exc:
         raise DatakitError(f"{where}: broken tar ({exc})") from None
+    except SampleError as exc:  # name the shard: the key alone does not say which file is bad
+        raise SampleError(f"{where}: {exc}") from None
     return found
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from datakit.errors import DatakitError, UsageError
+from datakit.errors import DatakitError, UsageError, unwrap_worker_message
 from datakit.urls import is_url, redact, redact_text
 
 log = logging.getLogger("datakit.storage")
@@ -124,18 +124,8 @@ class StorageError(DatakitError):
     """
 
     def __init__(self, message: str, kind: str = "error") -> None:
-        super().__init__(redact_text(_unwrap_worker_message(message)))
+        super().__init__(redact_text(unwrap_worker_message(message)))
         self.kind = kind
-
-
-def _unwrap_worker_message(message: str) -> str:
-    """torch's DataLoader re-raises a worker's exception as ``type("Caught ... in DataLoader worker
-    process N.\nOriginal Traceback ...\nStorageError: <message>")``: keep the one line that matters."""
-    if not message.startswith("Caught ") or "Original Traceback" not in message:
-        return message
-    last = message.rstrip().rsplit("\n", 1)[-1]
-    _, sep, original = last.partition("Error: ")
-    return original if sep else message
 
 
 class TruncatedRead(OSError):

@@ -79,6 +79,8 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
+    if not data:  # cv2.imdecode raises cv2.error (not None) on an empty buffer
+        raise SampleError("image bytes do not decode (empty member)")
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
     if img is None or img.ndim != 3:
@@ -92,6 +94,8 @@ def _decode_gray(data: bytes) -> np.ndarray:
     datakit.png's fast path (ISA-L inflate, numpy row filters) takes the PNGs the writer makes;
     OpenCV's IMREAD_UNCHANGED takes everything else.
     """
+    if not data:  # cv2.imdecode raises cv2.error (not None) on an empty buffer
+        raise SampleError("image bytes do not decode (empty member)")
     try:
         img = png.decode_gray(data)
     except ValueError as exc:

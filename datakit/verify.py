@@ -126,7 +126,8 @@ def check_sample(
     ):
         return f"{key}: depth_scale {s.meta['depth_scale']} differs from the manifest's {depth['scale']}"
     labels = info.labels
-    if s.label is not None and labels is not None:
+    # An empty class list means "not named" (folder without --classes): no range to check against.
+    if s.label is not None and labels is not None and labels["classes"]:
         n, ignore = len(labels["classes"]), int(labels["ignore_index"])
         values = np.unique(s.label)
         bad = values[(values >= n) & (values != ignore)]

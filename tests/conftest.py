@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,45 @@ def convert_synthetic(
         conv, str(out), ConvertConfig(shard_size=shard_size, workers=workers, progress=False, **cfg)
     )  # type: ignore[arg-type]
     return out
+
+
+def with_bad_member(dataset: Path, out: Path, member: str, data: bytes = b"garbage") -> Path:
+    """A copy of ``dataset`` at ``out`` whose tar member ``member`` holds ``data`` (manifest kept,
+    so the sha256 no longer matches); returns the path of the shard that holds it."""
+    import io
+    import tarfile
+
+    shutil.copytree(dataset, out)
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+        if not any(m.name == member for m, _ in members):
+            continue
+        with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for m, payload in members:
+                if m.name == member:
+                    payload, m.size = data, len(data)
+                tar.addfile(m, io.BytesIO(payload))
+        return shard
+    raise FileNotFoundError(member)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps its example database and constants cache under ./.hypothesis by default
+    (written while tests are collected): inside the checkout. Give it a temporary folder instead."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    global _HYPOTHESIS_HOME
+    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="datakit-hypothesis-")
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HYPOTHESIS_HOME:
+        shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+
+
+_HYPOTHESIS_HOME = ""
 
 
 @pytest.fixture(scope="session")

@@ -528,3 +528,21 @@ def test_empty_log_is_reported(tmp_path: Path) -> None:
     json.dumps(conv.info().extra, allow_nan=False)
     (item,) = run(conv)
     assert isinstance(item, Skipped) and "fewer than one window" in item.reason
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_truncated_log_is_one_line_naming_the_file(tmp_path: Path, fmt: str) -> None:
+    path = write_log(make_log(rows=64), tmp_path, fmt)
+    data = path.read_bytes()
+    cut = tmp_path / f"cut{path.suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match="not a readable") as err:
+        read_well_log(cut, "AMP")
+    assert str(cut) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_non_numeric_npz_index_is_a_source_error(tmp_path: Path) -> None:
+    path = tmp_path / "strings.npz"
+    np.savez(path, depth=np.array(["a"] * 8), AMP=np.zeros((8, 4)))
+    with pytest.raises(SourceError, match="not a readable NPZ file"):
+        read_well_log(path, "AMP")

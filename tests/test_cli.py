@@ -124,6 +124,16 @@ def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
         open_dataset(str(bad))
 
 
+def test_eval_refuses_a_non_positive_lr(ds64, tmp_path):
+    res = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(ds64), "--random-init", "--arch", "resnet18", "--lr", "-1",
+         "--out", str(tmp_path / "e.json")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "lr must be positive" in res.output
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_convert_refuses_existing_and_conflicting_flags(ds64):
     res = CliRunner().invoke(main, convert64(ds64))
     assert res.exit_code == 2 and "already holds a complete dataset" in res.output

@@ -66,7 +66,7 @@ def test_absent_class_is_left_out_of_the_mean_and_unknown_targets_ignored() -> N
 def _blob_labels(n: int, k: int, h: int = 24, w: int = 32, seed: int = 0) -> torch.Tensor:
     """Label maps of random rectangles of k classes, with an ignored strip."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, k, (n, 1, 1)).expand(n, h, w).clone()
+    labels = torch.randint(0, k, (n, 1, 1), generator=g).expand(n, h, w).clone()
     for i in range(n):
         for _ in range(4):
             y0, x0 = torch.randint(0, h - 4, (2,), generator=g).tolist()
@@ -127,6 +127,21 @@ def test_linear_probe_end_to_end_writes_json(synthetic_dataset: Path, tmp_path: 
     assert (r["num_train"], r["num_eval"], r["eval_split"]) == (16, 8, "val")
     assert r["levels"] == ["c3", "c4", "c5"] and r["protocol"] == "linear"
     assert sum(map(sum, r["confusion"])) == sum(r["support"]) > 0
+    # The reported scores (rounded to 6 places) are those of the reported confusion matrix (rows =
+    # target), by hand.
+    conf = r["confusion"]
+    rows = [sum(row) for row in conf]
+    cols = [sum(row[c] for row in conf) for c in range(len(conf))]
+    assert r["support"] == rows
+    ious = [
+        conf[c][c] / (rows[c] + cols[c] - conf[c][c]) if rows[c] + cols[c] else None
+        for c in range(len(conf))
+    ]
+    assert r["per_class_iou"] == pytest.approx(ious, abs=1e-6)
+    present = [v for v in ious if v is not None]
+    assert r["miou"] == pytest.approx(sum(present) / len(present), abs=1e-6)
+    accuracy = sum(conf[c][c] for c in range(len(conf))) / sum(rows)
+    assert r["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_holdout_when_eval_split_missing_and_finetune(synthetic_dataset: Path) -> None:

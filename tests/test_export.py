@@ -73,6 +73,22 @@ def test_detectron2_export_names(tmp_path: Path) -> None:
     assert len(model) == len(backbone)
     for k, v in backbone.items():
         assert (model[detectron2_name(k)] == v.numpy()).all()
+    # Written out by hand from detectron2's convert-torchvision-to-d2.py, not from detectron2_name:
+    # the perturbed parameters differ from one another, so a swapped mapping cannot match.
+    by_hand = {
+        "stem.conv1.weight": "conv1.weight",
+        "stem.conv1.norm.weight": "bn1.weight",
+        "res2.0.conv1.weight": "layer1.0.conv1.weight",
+        "res2.0.conv1.norm.weight": "layer1.0.bn1.weight",
+        "res2.0.conv2.norm.bias": "layer1.0.bn2.bias",
+        "res3.0.conv1.norm.bias": "layer2.0.bn1.bias",
+        "res3.0.shortcut.weight": "layer2.0.downsample.0.weight",
+        "res3.0.shortcut.norm.weight": "layer2.0.downsample.1.weight",
+        "res4.1.conv2.norm.weight": "layer3.1.bn2.weight",
+        "res5.1.conv2.weight": "layer4.1.conv2.weight",
+    }
+    for d2, tv in by_hand.items():
+        assert (model[d2] == backbone[tv].numpy()).all(), (d2, tv)
 
 
 def test_export_rejects_what_is_not_a_checkpoint(tmp_path: Path) -> None:

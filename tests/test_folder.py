@@ -241,6 +241,25 @@ def test_cli_convert_fails_listing_unpaired_then_skips(tmp_path: Path) -> None:
     assert set(got) == {"0003", "seq1_0001", "seq1_0002", "seq2_0001"}
 
 
+def test_cli_labels_without_classes_convert_and_verify(tmp_path: Path) -> None:
+    """docs/converters/folder.md: without --classes the class list is empty; verify accepts that."""
+    from datakit.cli import main
+
+    write_rgb(tmp_path / "src/rgb/x.png", rgb_image(6, 8, 0))
+    write_depth(tmp_path / "src/depth/x.png", np.ones((6, 8), np.uint16))
+    write_depth(tmp_path / "src/label/x.png", (np.arange(48).reshape(6, 8) % 3).astype(np.uint8))
+    out = str(tmp_path / "out")
+    res = CliRunner().invoke(
+        main,
+        ["convert", "folder", str(tmp_path / "src"), out, "--rgb", "rgb/*.png", "--depth",
+         "depth/*.png", "--label", "label/*.png", "--depth-scale", "0.001", "--depth-kind",
+         "metric", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["verify", "-q", out])
+    assert res.exit_code == 0, res.output
+
+
 def test_cli_refuses_mismatched_sizes_naming_both(tmp_path: Path) -> None:
     from datakit.cli import main
 

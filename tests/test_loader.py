@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import datakit
-from datakit.errors import DatasetIncomplete, UsageError
+from datakit.errors import DatasetIncomplete, SampleError, UsageError
 from datakit.loader import make_loader
 from datakit.views import BATCH_KEYS, ViewConfig
+from tests.conftest import with_bad_member
 
 SMALL = ViewConfig(size=32)
 
@@ -32,8 +33,13 @@ def test_batches_follow_spec(synthetic_dataset):
         assert b[f"label{i}"].shape == (4, 32, 32) and b[f"label{i}"].dtype == torch.int64
     assert b["periodic"].dtype == torch.bool and not b["periodic"].any()
     assert (b["depth1"] >= 0).all() and (b["depth1"] > 0).any()
-    # Normalised with ImageNet statistics: roughly centred.
-    assert -2.5 < float(b["view1"].mean()) < 2.5
+    # Normalised with ImageNet statistics (written here, not imported): undoing them gives [0, 1].
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for i in (1, 2):
+        rgb = b[f"view{i}"] * std + mean
+        assert float(rgb.min()) >= -1e-4 and float(rgb.max()) <= 1 + 1e-4
+        assert float(rgb.max()) > 0.5  # not all dark: the upper end of the range is exercised
 
 
 def test_same_seed_same_batches_new_epoch_new_views(synthetic_dataset):
@@ -86,6 +92,20 @@ def test_bad_arguments(synthetic_dataset, tmp_path):
         make_loader(synthetic_dataset, 2, split="nope")
     with pytest.raises(DatasetIncomplete):
         make_loader(tmp_path, 2)
+
+
+def test_bad_member_error_names_the_shard(synthetic_dataset, tmp_path):
+    shard = with_bad_member(synthetic_dataset, tmp_path / "bad", "train_000001.rgb.jpg")
+    with pytest.raises(SampleError, match="image bytes do not decode") as err:
+        list(make_loader(tmp_path / "bad", 4, views=ViewConfig(size=32), shuffle=False))
+    assert str(shard) in str(err.value) and "train_000001.rgb.jpg" in str(err.value)
+    # From a worker process torch wraps the message in the worker's traceback: one line is kept.
+    with pytest.raises(SampleError) as err:
+        list(make_loader(tmp_path / "bad", 4, views=ViewConfig(size=32), num_workers=1))
+    assert str(err.value).startswith(str(shard)) and "\n" not in str(err.value)
+    with pytest.raises(SampleError) as err:
+        list(datakit.open_dataset(tmp_path / "bad"))
+    assert str(shard) in str(err.value)
 
 
 def gpu_batches(dataset, device: str) -> tuple[list[dict], list[dict]]:

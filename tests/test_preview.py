@@ -586,6 +586,10 @@ def test_cli_preview_writes_sheet_and_page(synthetic_dataset: Path, tmp_path: Pa
     assert img is not None
     assert img.shape[0] == MARGIN + TITLE_H + 2 * row_height(160, False) + MARGIN - ROW_GAP
     assert page.read_text().count("<img") == 12
+    # The command draws the same sheet as the library given the trainer's pair rule (pairs included).
+    np.testing.assert_array_equal(
+        img[..., ::-1], render(synthetic_dataset, n=2, seed=4).sheet.image
+    )
 
 
 def test_cli_preview_bad_input_is_one_line(tmp_path: Path) -> None:
@@ -594,3 +598,14 @@ def test_cli_preview_bad_input_is_one_line(tmp_path: Path) -> None:
     )
     assert res.exit_code == 1 and "no such dataset" in res.output
     assert "Traceback" not in res.output
+
+
+def test_bad_member_is_one_line_naming_the_shard(synthetic_dataset: Path, tmp_path: Path) -> None:
+    from tests.conftest import with_bad_member
+
+    shard = with_bad_member(synthetic_dataset, tmp_path / "bad", "train_000001.label.png")
+    res = CliRunner().invoke(
+        main, ["preview", str(tmp_path / "bad"), "-o", str(tmp_path / "s.png"), "--n", "24"]
+    )
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{shard}: train_000001.label.png: image bytes do not decode" in res.output

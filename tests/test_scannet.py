@@ -287,6 +287,18 @@ def test_colour_decoding_helpers() -> None:
     assert rgb is not None and rgb.shape == (480, 640, 3)
     assert decode_color(jpg[:-500], "jpeg", (1296, 968), (640, 480)) is None
     assert decode_color(b"\xff\xd8garbage\xff\xd9", "jpeg", (1296, 968), (640, 480)) is None
+    # cv2.imdecode raises (not None) on an empty buffer: an empty colour file must be "no image"
+    assert decode_color(b"", "png", None, (640, 480)) is None
+
+
+def test_empty_exported_colour_file_is_skipped(tmp_path: Path, spec: fx.SensSpec) -> None:
+    scene = tmp_path / "scans" / "scene0001_00"
+    fx.write_exported(scene, spec, frame_indices=range(3))
+    next((scene / "color").glob("1.*")).write_bytes(b"")
+    samples, skipped = _samples(tmp_path, frame_skip=1)
+    assert [s.meta["frame"] for s in samples] == [0, 2]
+    assert [k.source for k in skipped] == ["scene0001_00/000001"]
+    assert "does not decode" in skipped[0].reason
 
 
 # --- the real fixtures ----------------------------------------------------------------------------

@@ -117,6 +117,15 @@ def test_decode_is_strict_and_ignores_undeclared_members():
         schema.decode("k", {**members, "json": b"{"})
 
 
+@pytest.mark.parametrize("ext", ["rgb.png", "depth.png", "label.png"])
+def test_empty_member_is_a_sample_error(ext):
+    """cv2.imdecode raises cv2.error, not None, on an empty buffer: verify must report, not crash."""
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    members = schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4)), rgb_format="png")
+    with pytest.raises(SampleError, match="empty member"):
+        schema.decode("k", {**members, ext: b""})
+
+
 def test_schema_table_lists_every_field():
     table = schema.schema_table_markdown()
     for f in schema.FIELDS:

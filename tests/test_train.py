@@ -134,6 +134,23 @@ def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> No
     assert res.exit_code != 0 and "Traceback" not in res.output
 
 
+def test_bad_values_are_refused_in_one_line(synthetic_dataset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r")]
+    for extra, msg in [
+        (["--lr", "-1"], "config lr: must be positive"),
+        (["--set", "base_lr=0"], "config base_lr: must be positive"),
+    ]:
+        res = runner.invoke(main, [*base, *extra])
+        assert res.exit_code == 2 and msg in res.output, res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1\n")
+    res = runner.invoke(main, [*base, "--config", str(bad)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "r").exists()
+
+
 class Crash(Exception):
     pass
 

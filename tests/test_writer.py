@@ -217,6 +217,30 @@ def test_merge_names_missing_parts(tmp_path):
         merge(str(tmp_path))
 
 
+def test_merge_refuses_bad_part_manifests_and_missing_shards(tmp_path):
+    cfg = SyntheticConfig(num=6, size=(48, 36), per_unit=2)
+    for i in (0, 1):
+        convert(
+            SyntheticConverter(cfg),
+            str(tmp_path),
+            ConvertConfig(progress=False, part=i, num_parts=2),
+        )
+    part1 = tmp_path / "_parts" / "part-001.json"
+    good = part1.read_bytes()
+    for bad, match in [(b"{bad", "not valid JSON"), (b"[]", "not a datakit part manifest")]:
+        part1.write_bytes(bad)
+        with pytest.raises(DatakitError, match=match) as err:
+            merge(str(tmp_path))
+        assert str(part1) in str(err.value)
+    part1.write_bytes(good)
+    shard = next(tmp_path.glob("train-p001-*.tar"))
+    shard.unlink()
+    with pytest.raises(DatakitError, match="listed in a part manifest but missing") as err:
+        merge(str(tmp_path))
+    assert shard.name in str(err.value)
+    assert not (tmp_path / "_info.json").exists()
+
+
 @dataclass(frozen=True)
 class BadConfig:
     n: int = 6

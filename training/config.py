@@ -168,8 +168,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{path}: no such config file")
     try:
         data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())  # PyYAML's messages span lines: keep one
+        raise UsageError(f"{path}: not valid YAML ({reason})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a config file must be a mapping of key: value")
     return data
@@ -244,6 +245,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(
             f"config image_size: must be a multiple of 32 (the C5 stride), got {cfg.image_size}"
         )
+    for key in ("lr", "base_lr"):  # None: derived from the method's recipe
+        value = getattr(cfg, key)
+        if value is not None and not value > 0:
+            raise UsageError(f"config {key}: must be positive, got {value}")
     if not 0 < cfg.crop_scale_min <= 1:
         raise UsageError(f"config crop_scale_min: must be in (0, 1], got {cfg.crop_scale_min}")
     if not 0 <= cfg.dense_weight <= 1:

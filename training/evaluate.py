@@ -92,6 +92,8 @@ def validate(cfg: EvalConfig) -> None:
         raise UsageError(f"device {cfg.device!r} is not one of auto, cpu, cuda")
     if cfg.image_size < 32 or cfg.batch_size < 1 or (cfg.epochs is not None and cfg.epochs < 1):
         raise UsageError("image_size must be >= 32, batch_size and epochs >= 1")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UsageError(f"lr must be positive, got {cfg.lr}")
     if not 0 < cfg.holdout < 1:
         raise UsageError(f"holdout must be in (0, 1), got {cfg.holdout}")
 
