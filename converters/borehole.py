@@ -131,7 +131,8 @@ class BoreholeConverter(Converter):
             default=None,
             metavar="CH",
             help="Image channel, or a LAS sector pattern like 'ABDC{}M' ({} = sector "
-            "number). Default: the file's only multi-sector channel.",
+            "number). Default: the file's only multi-sector channel or family of 4+ "
+            "numbered columns.",
         ),
         click.Option(
             ["--depth"],

@@ -98,13 +98,25 @@ class NyuConverter(Converter):
             raise SourceError(
                 path, f"lacks dataset(s) {', '.join(missing)} of the NYU labeled layout"
             )
+        for k in need:
+            if not isinstance(f[k], h5py.Dataset):
+                raise SourceError(path, f"{k!r} is a group, not a dataset")
         images = f["images"]
         if images.ndim != 4 or images.shape[1] != 3:
-            raise SourceError(path, f"images must be (N, 3, W, H), got {images.shape}")
+            raise SourceError(path, f"dataset 'images' must be (N, 3, W, H), got {images.shape}")
         n, _, w, h = images.shape
         for k in need[1:]:
             if f[k].shape != (n, w, h):
-                raise SourceError(path, f"{k} is {f[k].shape}, expected {(n, w, h)} like images")
+                raise SourceError(
+                    path, f"dataset {k!r} is {f[k].shape}, expected {(n, w, h)} like 'images'"
+                )
+        for k, kinds, want in (
+            ("images", (np.uint8,), "uint8 (0-255 colour)"),
+            (self.config.depth_field, (np.floating,), "float32 metres"),
+            ("labels", (np.uint8, np.uint16), "uint16 class ids"),
+        ):
+            if k in need and not any(np.issubdtype(f[k].dtype, t) for t in kinds):
+                raise SourceError(path, f"dataset {k!r} is {f[k].dtype}, expected {want}")
         return int(n)
 
     def info(self) -> SourceInfo:
@@ -152,13 +164,16 @@ class NyuConverter(Converter):
             scenes = f.get("scenes")
             for i in unit.payload:
                 # One frame per read: h5py slices only this frame out of the file.
-                rgb = np.ascontiguousarray(np.asarray(images[i]).transpose(2, 1, 0))
-                depth_m = np.asarray(depths[i]).T
+                try:
+                    rgb = np.ascontiguousarray(_frame(images, i).transpose(2, 1, 0))
+                    depth_m = _frame(depths, i).T
+                    raw = None if labels is None else np.ascontiguousarray(_frame(labels, i).T)
+                except _FrameUnreadable as exc:
+                    yield Skipped(cfg.mat, str(exc))
+                    continue
                 label = None
-                if labels is not None:
-                    raw = np.ascontiguousarray(np.asarray(labels[i]).T).astype(
-                        np.uint16, copy=False
-                    )
+                if raw is not None:
+                    raw = raw.astype(np.uint16, copy=False)
                     label = raw if lut is None else lut[raw]
                 h, w = rgb.shape[:2]
                 extra: dict[str, Any] = {"index": i + 1}
@@ -183,6 +198,18 @@ class NyuConverter(Converter):
                     depth=metres_to_codes(depth_m),
                     label=label,
                 )
+
+
+class _FrameUnreadable(Exception):
+    """A frame whose bytes HDF5 cannot read back (a corrupt or cut-off chunk)."""
+
+
+def _frame(ds: h5py.Dataset, i: int) -> np.ndarray:
+    try:
+        return np.asarray(ds[i])
+    except OSError as exc:
+        name = ds.name.lstrip("/")
+        raise _FrameUnreadable(f"dataset {name!r}, frame {i + 1}: does not read ({exc})") from None
 
 
 def metres_to_codes(depth_m: np.ndarray) -> np.ndarray:

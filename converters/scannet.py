@@ -20,6 +20,7 @@ import numpy as np
 from converters.base import SIZE, Converter, Skipped, SourceInfo, WorkUnit, make_meta
 from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
 from converters.scannet_layout import (
+    LABEL_ZIP,
     LABELS,
     SPLITS,
     LabelSource,
@@ -32,12 +33,13 @@ from converters.scannet_layout import (
     read_matrix,
     select_scans,
 )
-from converters.sens import SensHeader, SensReader
+from converters.sens import SensHeader, SensReader, SensTruncated
 from datakit.errors import SourceError
 from datakit.schema import Sample
 
 DEPTH_SCALE_M = 0.001  # stored depth codes are millimetres
 DEPTH_SHIFT_MM = 1000.0  # .sens depth_shift for millimetre codes
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _REDUCED = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -65,7 +67,9 @@ class Chunk:
     scan: Scan
     start: int
     stop: int
-    error: str | None = None  # a scan whose header is unreadable: convert() raises it
+    # A scan that cannot be read at all (unusable header, no label zip with --labels): one unit
+    # for the whole scan, whose convert() raises this.
+    error: str | None = None
 
 
 class ScanNetConverter(Converter):
@@ -109,6 +113,12 @@ class ScanNetConverter(Converter):
             label_lut(str(label_map_path(Path(c.src))))  # fail early, before any work
         units = []
         for scan in select_scans(Path(c.src), c.scenes, c.split):
+            if c.labels and scan.labels is None:  # one failure for the scan, not one per chunk
+                reason = (
+                    f"scan {scan.name}: --labels needs {LABEL_ZIP.format(scan.name)} (not found)"
+                )
+                units.append(WorkUnit(scan.name, scan.split, Chunk(scan, 0, 0, reason)))
+                continue
             try:
                 frames = frame_indices(scan, c.frame_skip)
             except SourceError as exc:
@@ -137,24 +147,34 @@ class ScanNetConverter(Converter):
 
     def _convert_sens(self, chunk: Chunk, labels: LabelSource | None) -> Iterator[Sample | Skipped]:
         c, scan = self.config, chunk.scan
+        kept = range(chunk.start, chunk.stop, c.frame_skip)
         with SensReader(scan.path, scan.name) as reader:
             h = reader.header
             geometry = _Geometry(
                 h.intrinsic_color, h.intrinsic_depth, h.color_size, h.depth_size, c.size
             )
-            for frame in reader.frames(chunk.start, chunk.stop, c.frame_skip):
-                where = f"{scan.name}/{frame.index:06d}"
+            for n, index in enumerate(kept):
+                try:
+                    frame = reader.read_frame(index)
+                except SensTruncated as exc:
+                    yield from _lost_to_truncation(exc, kept[n:], c.frame_skip, h.num_frames)
+                    return
+                where = f"scan {scan.name}: frame {index} at byte {frame.offset}"
+                problem = _color_problem(frame.color, h)
+                if problem is not None:
+                    yield Skipped(scan.path, f"{where}: {problem}")
+                    continue
                 rgb = decode_color(frame.color, h.color_compression, h.color_size, c.size)
                 if rgb is None:
                     yield Skipped(
-                        where,
-                        f"colour {h.color_compression} does not decode "
-                        f"(byte {frame.color_offset}, {len(frame.color)} bytes)",
+                        scan.path,
+                        f"{where}: colour {h.color_compression} does not decode "
+                        f"({len(frame.color)} bytes at byte {frame.color_offset})",
                     )
                     continue
                 depth = decode_depth(frame.depth, h)
                 if isinstance(depth, str):
-                    yield Skipped(where, f"{depth} (byte {frame.depth_offset})")
+                    yield Skipped(scan.path, f"{where}: {depth} (byte {frame.depth_offset})")
                     continue
                 yield from self._sample(scan, frame.index, rgb, depth, frame.pose, geometry, labels)
 
@@ -171,19 +191,21 @@ class ScanNetConverter(Converter):
         for index in range(chunk.start, chunk.stop, c.frame_skip):
             if index not in files:
                 continue
-            where = f"{scan.name}/{index:06d}"
-            data = (root / "color" / files[index]).read_bytes()
+            where = f"scan {scan.name}: frame {index}"
+            color_path = root / "color" / files[index]
+            data = color_path.read_bytes()
             color_size = jpeg_size(data) if files[index].lower().endswith(("jpg", "jpeg")) else None
             kind = "jpeg" if color_size else "png"
             rgb = decode_color(data, kind, color_size, c.size)
             if rgb is None:
-                yield Skipped(where, f"color/{files[index]} does not decode")
+                yield Skipped(str(color_path), f"{where}: colour image does not decode")
                 continue
             color_size = color_size or (rgb.shape[1], rgb.shape[0])
-            depth = cv2.imread(str(root / "depth" / f"{index}.png"), cv2.IMREAD_UNCHANGED)
+            depth_path = root / "depth" / f"{index}.png"
+            depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
             if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
                 yield Skipped(
-                    where, f"depth/{index}.png is missing or not a 16-bit single-channel PNG"
+                    str(depth_path), f"{where}: missing or not a 16-bit single-channel PNG"
                 )
                 continue
             pose = read_matrix(root / "pose" / f"{index}.txt")
@@ -210,7 +232,7 @@ class ScanNetConverter(Converter):
         if labels is not None:
             read = labels.read(index, size)
             if isinstance(read, str):
-                yield Skipped(f"{scan.name}/{index:06d}", read)
+                yield Skipped(str(labels.path), f"scan {scan.name}: frame {index}: {read}")
                 return
             label = read
         meta = make_meta(
@@ -266,6 +288,44 @@ def decode_color(
     if bgr is None or bgr.ndim != 3:
         return None
     return _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def _lost_to_truncation(
+    exc: SensTruncated, lost: range, frame_skip: int, num_frames: int
+) -> Iterator[Skipped]:
+    """One skip per kept frame at or after the frame where a .sens ends. The first kept frame lost
+    (in whichever chunk holds it) carries the truncation itself: file, frame and byte offset."""
+    first_lost = -(-exc.frame // frame_skip) * frame_skip
+    for index in lost:
+        if index == first_lost:
+            yield Skipped(
+                exc.path,
+                f"{exc.reason}; kept frames from {index} on are lost (the header says "
+                f"{num_frames} frames)",
+            )
+        else:
+            yield Skipped(
+                exc.path,
+                f"frame {index} is lost to the truncation at frame {exc.frame} (byte {exc.offset})",
+            )
+
+
+def _color_problem(data: bytes, header: SensHeader) -> str | None:
+    """Why a colour blob cannot be the header's image, or None. The size is read from the JPEG's
+    SOF marker or the PNG's IHDR before decoding, so a header whose size is wrong (and whose
+    intrinsics would be scaled by it) is caught at the first frame."""
+    size = None
+    if header.color_compression == "jpeg":
+        size = jpeg_size(data)
+    elif header.color_compression == "png" and data[:8] == _PNG_SIGNATURE and len(data) >= 24:
+        size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if size is not None and size != header.color_size:
+        w, h = header.color_size
+        return (
+            f"colour {header.color_compression} is {size[0]}x{size[1]}, the header says {w}x{h} "
+            "(corrupt header?)"
+        )
+    return None
 
 
 def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

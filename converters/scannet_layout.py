@@ -118,17 +118,18 @@ class LabelSource:
                 self.names[int(m.group(1))] = name
 
     def read(self, index: int, size: tuple[int, int]) -> np.ndarray | str:
-        """Train ids (uint8, 255 = ignore) of frame ``index`` at ``size``, or why there are none."""
+        """Train ids (uint8, 255 = ignore) of frame ``index`` at ``size``, or why there are none
+        (the caller names :attr:`path` and the frame)."""
         name = self.names.get(index)
         if name is None:
-            return f"no label image for frame {index} in {self.path.name}"
+            return "no label image for it"
         try:
             data = self.zip.read(name) if self.zip else (self.path / name).read_bytes()
         except (OSError, zipfile.BadZipFile, zlib.error) as exc:
-            return f"label {name} in {self.path.name} does not read: {exc}"
+            return f"label {name} does not read: {exc}"
         ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
         if ids is None or ids.ndim != 2 or ids.dtype not in (np.uint8, np.uint16):
-            return f"label {name} in {self.path.name} is not a single-channel PNG"
+            return f"label {name} is not a single-channel PNG"
         return self.lut[resize_nearest(ids, size)]
 
     def close(self) -> None:
@@ -235,7 +236,9 @@ def frame_indices(scan: Scan, frame_skip: int) -> list[int]:
     if scan.exported:
         return sorted(i for i in exported_frames(Path(scan.path)) if i % frame_skip == 0)
     with SensReader(scan.path, scan.name) as reader:
-        return list(range(0, reader.num_frames, frame_skip))
+        # A count the file has no room for (truncated, or corrupt) is cut to one kept frame past
+        # the room, so that reading finds where the file ends without listing billions of frames.
+        return list(range(0, min(reader.num_frames, reader.room + frame_skip), frame_skip))
 
 
 def exported_frames(root: Path) -> dict[int, str]:

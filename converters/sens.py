@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,21 @@ COLOR_COMPRESSION = {0: "raw", 1: "png", 2: "jpeg"}
 DEPTH_COMPRESSION = {0: "raw", 1: "zlib"}  # 2 (occi) is never used by ScanNet and not supported
 FRAME_HEADER = struct.Struct("<16f4Q")  # pose, colour/depth timestamps, colour/depth byte counts
 _FIXED_HEADER = struct.Struct("<64f2i4IfQ")  # after the name: 4 matrices .. frame count
+# Largest image side a header may claim: ScanNet's are 1296x968 (colour) and 640x480 (depth); a
+# corrupt header (100000x100000) would otherwise scale the intrinsics to nonsense.
+MAX_IMAGE_SIDE = 16384
 # Frames whose offsets are remembered per process: one walk serves every chunk of a scan.
 _INDEX_CACHE_SCANS = 8
+
+
+class SensTruncated(SourceError):
+    """The file ends inside frame ``frame`` (whose header starts at byte ``offset``): the frames
+    before it are intact and readable, that frame and every later one are lost."""
+
+    def __init__(self, path: object, message: str, frame: int, offset: int) -> None:
+        super().__init__(path, message)
+        self.frame = frame
+        self.offset = offset
 
 
 @dataclass(frozen=True)
@@ -80,8 +94,9 @@ class SensReader:
     """Random access to the frames of one ``.sens`` file without loading it.
 
     Use as a context manager. ``scan`` names the scan in every error message. Raises
-    :class:`SourceError` (with the scan, frame index and byte offset) for a truncated or
-    inconsistent file.
+    :class:`SourceError` for a header that is unreadable or implausible, and
+    :class:`SensTruncated` (with the scan, frame index and byte offset) for a frame whose bytes run
+    past the end of the file; the frames before that one stay readable.
     """
 
     def __init__(self, path: str | os.PathLike[str], scan: str | None = None) -> None:
@@ -137,14 +152,16 @@ class SensReader:
             raise self._fail(f"header: unsupported colour compression {ccomp}")
         if dcomp not in DEPTH_COMPRESSION:
             raise self._fail(f"header: unsupported depth compression {dcomp}")
-        if min(cw, ch, dw, dh) < 1 or not (shift > 0):
-            raise self._fail(f"header: bad sizes {cw}x{ch}, {dw}x{dh} or depth shift {shift}")
+        sizes_at = pos + 64 * 4 + 2 * 4  # byte offset of the colour width
+        for what, (w, h), at in (("colour", (cw, ch), sizes_at), ("depth", (dw, dh), sizes_at + 8)):
+            if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):
+                raise self._fail(
+                    f"header at byte {at}: {what} size {w}x{h} is "
+                    f"implausible (each side must be 1..{MAX_IMAGE_SIDE}; corrupt header?)"
+                )
+        if not (np.isfinite(shift) and shift > 0):
+            raise self._fail(f"header: depth shift {shift} is not a positive number")
         frames_offset = pos + _FIXED_HEADER.size
-        if count * FRAME_HEADER.size > self.file_size - frames_offset:
-            raise self._fail(
-                f"header says {count} frames, the file has room for fewer "
-                f"(size {self.file_size}; truncated)"
-            )
         return SensHeader(
             version=version,
             sensor_name=name,
@@ -165,36 +182,52 @@ class SensReader:
     def num_frames(self) -> int:
         return self.header.num_frames
 
+    @property
+    def room(self) -> int:
+        """How many frames the file has room for (each needs at least its header). A header
+        count above this means a truncated file or a corrupt count: reading frame ``room`` or
+        earlier then raises :class:`SensTruncated` where the file ends."""
+        return max(self.file_size - self.header.frames_offset, 0) // FRAME_HEADER.size
+
     def _offset(self, index: int) -> int:
         """Byte offset of frame ``index``, walking frame headers (seeks only) as far as needed."""
         offsets = self._offsets
         while len(offsets) <= index:
             i = len(offsets) - 1
-            off = offsets[i]
-            *_, csize, dsize = FRAME_HEADER.unpack(
-                self._pread(FRAME_HEADER.size, off, f"frame {i} header")
-            )
-            end = off + FRAME_HEADER.size + csize + dsize
-            if end > self.file_size:
-                raise self._fail(
-                    f"frame {i} at byte {off}: {csize} colour + {dsize} depth bytes run past the "
-                    f"end of the file (size {self.file_size}; truncated or corrupt)"
-                )
-            offsets.append(end)
+            head = self._frame_header(i, offsets[i])
+            offsets.append(offsets[i] + FRAME_HEADER.size + head[-2] + head[-1])
         return offsets[index]
+
+    def _frame_header(self, index: int, off: int) -> tuple[Any, ...]:
+        """Frame ``index``'s header at byte ``off``, checked to end (with its bytes) in the file."""
+        if off + FRAME_HEADER.size > self.file_size:
+            raise self._truncated(
+                index, off, f"its {FRAME_HEADER.size}-byte header runs past the end of the file"
+            )
+        head = FRAME_HEADER.unpack(self._pread(FRAME_HEADER.size, off, f"frame {index} header"))
+        csize, dsize = head[-2], head[-1]
+        if off + FRAME_HEADER.size + csize + dsize > self.file_size:
+            raise self._truncated(
+                index, off, f"{csize} colour + {dsize} depth bytes run past the end of the file"
+            )
+        return head
+
+    def _truncated(self, index: int, off: int, what: str) -> SensTruncated:
+        return SensTruncated(
+            self.path,
+            f"scan {self.scan}: frame {index} at byte {off}: {what} "
+            f"(size {self.file_size}; truncated or corrupt)",
+            frame=index,
+            offset=off,
+        )
 
     def read_frame(self, index: int) -> SensFrame:
         """Header and blobs of frame ``index`` (0-based)."""
         if not 0 <= index < self.num_frames:
             raise IndexError(f"frame {index} out of range 0..{self.num_frames - 1}")
         off = self._offset(index)
-        head = FRAME_HEADER.unpack(self._pread(FRAME_HEADER.size, off, f"frame {index} header"))
-        tc, td, csize, dsize = head[16:]
-        if off + FRAME_HEADER.size + csize + dsize > self.file_size:
-            raise self._fail(
-                f"frame {index} at byte {off}: {csize} colour + {dsize} depth bytes run past the "
-                f"end of the file (size {self.file_size}; truncated or corrupt)"
-            )
+        head = self._frame_header(index, off)
+        tc, td, csize, dsize = (int(v) for v in head[16:])
         blob = self._pread(csize + dsize, off + FRAME_HEADER.size, f"frame {index} data")
         pose = np.asarray(head[:16], dtype=np.float64).reshape(4, 4)
         return SensFrame(

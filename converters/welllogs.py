@@ -16,12 +16,13 @@ axis. Units: HDF5 ``units`` (or ``unit``) attributes; NPZ a ``units`` entry hold
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,15 @@ import numpy as np
 from converters.logunits import UNIT_FACTORS, known_units, parse_unit
 from datakit.errors import SourceError
 
+log = logging.getLogger(__name__)
+
 # Values that mean "no measurement" in well logs whatever the file's own NULL says.
 NULL_VALUES = (-999.25, -9999.0)
 INDEX_NAME = "depth"  # the index array of HDF5 and NPZ logs
+# Without --image, a family of at least this many numbered scalar columns (ABDC1M..ABDC16M) is an
+# image candidate. Azimuthal tools record 4 (quadrants) or more sectors; two numbered curves
+# (ACCL1, ACCL2) are far more often two sensors than an image.
+MIN_FAMILY_SECTORS = 4
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,17 @@ class _Table:
     channels: dict[str, tuple[str | None, int | None]]  # name -> (unit, values per row; None: N-D)
     load_index: Callable[[], np.ndarray]
     load: Callable[[str], np.ndarray]
+    # Arrays that are not channels on this index, and why (HDF5/NPZ: a row count not the index's).
+    unusable: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         names = ", ".join(f"{n}[{k}]" if k and k > 1 else n for n, (_, k) in self.channels.items())
-        return f"{self.label}: {names or '(none)'}" if self.label else names or "(none)"
+        text = f"{self.label}: {names or '(none)'}" if self.label else names or "(none)"
+        if self.unusable:
+            text += "; not channels on this index: " + ", ".join(
+                f"{n} ({why})" for n, why in self.unusable.items()
+            )
+        return text
 
 
 # --- per-format readers: a context manager yielding the file's tables -------------------------
@@ -93,7 +107,8 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
     import lasio
 
     try:
-        las = lasio.read(str(path), ignore_header_errors=False)
+        with _lasio_logging(path):
+            las = lasio.read(str(path), ignore_header_errors=False)
     except Exception as exc:  # lasio raises many types for malformed files
         raise SourceError(path, f"not a readable LAS file ({type(exc).__name__}: {exc})") from None
     if not las.curves:
@@ -117,6 +132,36 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
             load=lambda name: np.asarray(las.curves[name].data, dtype=np.float64),
         )
     ]
+
+
+class _LasioRecords(logging.Handler):
+    """lasio logs through loggers without a handler, so Python's last-resort handler printed its
+    warnings as bare stderr lines. This forwards them to our logger, naming the file: notes about
+    lasio's own parser choice at debug level, the rest at the level lasio gave them."""
+
+    _NOTES = ("Only engine='normal' can read wrapped files",)  # lasio then uses that engine itself
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        level = logging.DEBUG if message in self._NOTES else record.levelno
+        log.log(level, "%s: lasio: %s", self.path, message)
+
+
+@contextmanager
+def _lasio_logging(path: Path) -> Iterator[None]:
+    lasio_log = logging.getLogger("lasio")
+    handler, propagate = _LasioRecords(path), lasio_log.propagate
+    lasio_log.addHandler(handler)
+    lasio_log.propagate = False
+    try:
+        yield
+    finally:
+        lasio_log.removeHandler(handler)
+        lasio_log.propagate = propagate
 
 
 @contextmanager
@@ -185,16 +230,16 @@ def _hdf5_tables(path: Path) -> Iterator[list[_Table]]:
             raise SourceError(path, f"no '{INDEX_NAME}' dataset (the index of an HDF5 log)")
         rows = f[INDEX_NAME].shape[0] if f[INDEX_NAME].ndim == 1 else -1
         found: dict[str, tuple[str | None, int | None]] = {}
+        unusable: dict[str, str] = {}
 
         def visit(name: str, obj: Any) -> None:
-            usable = (
-                isinstance(obj, h5py.Dataset)
-                and obj.ndim in (1, 2)
-                and obj.shape[0] == rows
-                and obj.dtype.kind in "fiu"
-            )
-            if usable and name != INDEX_NAME:
+            if name == INDEX_NAME or not isinstance(obj, h5py.Dataset):
+                return
+            why = _why_not_a_channel(obj.shape, obj.dtype, rows)
+            if why is None:
                 found[name] = (_attr_unit(obj.attrs), 1 if obj.ndim == 1 else obj.shape[1])
+            elif obj.dtype.kind in "fiu":
+                unusable[name] = why
 
         f.visititems(visit)
         well = f.attrs.get("well", "")
@@ -207,8 +252,20 @@ def _hdf5_tables(path: Path) -> Iterator[list[_Table]]:
                 channels=found,
                 load_index=lambda: np.asarray(f[INDEX_NAME][()], dtype=np.float64),
                 load=lambda name: np.asarray(f[name][()], dtype=np.float64),
+                unusable=unusable,
             )
         ]
+
+
+def _why_not_a_channel(shape: tuple[int, ...], dtype: np.dtype, rows: int) -> str | None:
+    """None when an array of this shape and dtype is a channel on an index of ``rows`` rows."""
+    if dtype.kind not in "fiu":
+        return f"{dtype} values, not numbers"
+    if len(shape) not in (1, 2):
+        return f"shape {shape}: need (rows,) or (rows, sectors)"
+    if shape[0] != rows:
+        return f"{shape[0]} rows, the index {INDEX_NAME!r} has {rows}"
+    return None
 
 
 def _attr_unit(attrs: object) -> str | None:
@@ -238,13 +295,17 @@ def _npz_tables(path: Path) -> Iterator[list[_Table]]:
         index = np.asarray(npz[INDEX_NAME], dtype=np.float64)
         channels: dict[str, tuple[str | None, int | None]] = {}
         arrays: dict[str, np.ndarray] = {}
+        unusable: dict[str, str] = {}
         for name in npz.files:
             if name in (INDEX_NAME, "units", "well"):
                 continue
             arr = npz[name]
-            if arr.ndim in (1, 2) and arr.shape[0] == index.shape[0] and arr.dtype.kind in "fiu":
+            why = _why_not_a_channel(arr.shape, arr.dtype, index.shape[0])
+            if why is None:
                 arrays[name] = arr
                 channels[name] = (units.get(name), 1 if arr.ndim == 1 else arr.shape[1])
+            elif arr.dtype.kind in "fiu":
+                unusable[name] = why
         yield [
             _Table(
                 label="",
@@ -254,6 +315,7 @@ def _npz_tables(path: Path) -> Iterator[list[_Table]]:
                 channels=channels,
                 load_index=lambda: index,
                 load=lambda name: np.asarray(arrays[name], dtype=np.float64),
+                unusable=unusable,
             )
         ]
 
@@ -280,9 +342,11 @@ def read_well_log(
 ) -> WellLog:
     """Read the ``image`` (and optional exogenous ``depth``) channel of one log file.
 
-    ``image`` None picks the file's only multi-sector channel. Raises :class:`SourceError` naming
-    the file when a channel is absent (the message lists the channels present), the index is not
-    monotonic or has nulls, or the index or exogenous channel has a unit that is not known.
+    ``image`` None picks the file's only image candidate: a multi-sector channel or a family of
+    numbered columns (see :func:`_image_candidates`). Raises :class:`SourceError` naming the file
+    when a channel is absent (the message lists the channels present) or there is no single
+    candidate (the message lists them with the ``--image`` to give), the index is not monotonic or
+    has nulls, or the index or exogenous channel has a unit that is not known.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -345,38 +409,81 @@ def read_well_log(
 
 
 def _pick_table(path: Path, tables: list[_Table], image: str | None, depth: str | None) -> _Table:
-    """The first table holding every requested channel; else an error listing what is there."""
+    """The first table holding every requested channel (and, without ``image``, an image
+    candidate); else an error saying what is missing and listing what is there."""
     if not tables:
         raise SourceError(path, "no frames with channels")
     wanted = [n for n in (image, depth) if n is not None]
     for t in tables:
-        if all(_resolve(t, n) for n in wanted) and (image is not None or _image_channels(t)):
+        if all(_resolve(t, n) for n in wanted) and (image is not None or _image_candidates(t)):
             return t
     present = "; ".join(t.describe() for t in tables)
-    if image is None:
-        raise SourceError(path, f"no multi-sector image channel; channels present: {present}")
     missing = [n for n in wanted if not any(_resolve(t, n) for t in tables)]
+    for name in missing:
+        for t in tables:
+            why = _unusable(t, name)
+            if why is not None:
+                raise SourceError(path, f"channel {why}")
     if missing:
         what = " and ".join(repr(n) for n in missing)
         raise SourceError(path, f"no channel {what}; channels present: {present}")
+    if image is None:
+        off_index = [f"{n!r} has {why}" for t in tables for n, why in t.unusable.items()]
+        if off_index and not any(t.channels for t in tables):
+            raise SourceError(path, f"no channel on the index: {'; '.join(off_index)}")
+        raise SourceError(
+            path,
+            "no image channel to pick: no multi-sector channel and no family of "
+            f"{MIN_FAMILY_SECTORS} or more numbered columns (like ABDC1M..ABDC16M); name one "
+            f"with --image (a pattern like 'NAME{{}}' stacks numbered columns); channels "
+            f"present: {present}",
+        )
     raise SourceError(
         path, f"channels {image!r} and {depth!r} are not on one index; channels present: {present}"
     )
 
 
-def _image_channels(table: _Table) -> list[str]:
-    return [n for n, (_, k) in table.channels.items() if k is not None and k > 1]
+def _unusable(table: _Table, request: str) -> str | None:
+    """``'NAME' has WHY`` when ``request`` names an array that is not a channel on the index."""
+    folded = [n for n in table.unusable if n.lower() == request.lower()]
+    name = request if request in table.unusable else folded[0] if len(folded) == 1 else None
+    return None if name is None else f"{name!r} has {table.unusable[name]}"
+
+
+def _image_candidates(table: _Table) -> dict[str, int]:
+    """Requests that could be the image, with their sector counts: every multi-sector channel, and
+    every family of numbered scalar columns (``ABDC{}M`` for ABDC1M..ABDC16M) numbered without gaps
+    from 0 or 1, with at least :data:`MIN_FAMILY_SECTORS` members."""
+    out = {n: k for n, (_, k) in table.channels.items() if k is not None and k > 1}
+    seen: set[tuple[str, ...]] = set()
+    for name, (_, k) in table.channels.items():
+        if k != 1:
+            continue
+        for m in re.finditer(r"\d+", name):
+            pattern = f"{name[: m.start()]}{{}}{name[m.end() :]}"
+            sectors = _sectors(table, pattern)
+            members = tuple(n for _, n in sectors)
+            if members in seen or len(members) < MIN_FAMILY_SECTORS:
+                continue
+            seen.add(members)
+            numbers = [i for i, _ in sectors]
+            first = numbers[0]
+            scalar = all(table.channels[n][1] == 1 for n in members)
+            if scalar and first in (0, 1) and numbers == list(range(first, first + len(numbers))):
+                out[pattern] = len(members)
+    return out
 
 
 def _only_image_channel(path: Path, table: _Table) -> str:
-    candidates = _image_channels(table)
+    candidates = _image_candidates(table)
     if len(candidates) != 1:
+        listed = ", ".join(f"{n!r} ({k} sectors)" for n, k in candidates.items())
         raise SourceError(
             path,
-            f"{len(candidates)} multi-sector channels ({', '.join(candidates) or 'none'}): "
-            "choose one with --image (a pattern like 'ABDC{}M' stacks one column per sector)",
+            f"{len(candidates)} candidate image channels: {listed or 'none'}; choose one with "
+            f"--image, e.g. --image '{next(iter(candidates), 'NAME{}')}'",
         )
-    return candidates[0]
+    return next(iter(candidates))
 
 
 def _resolve(table: _Table, request: str) -> list[str]:

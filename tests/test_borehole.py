@@ -321,6 +321,94 @@ def test_missing_channel_lists_channels_present(log_files: dict[str, Path]) -> N
         assert "AMP" in str(err.value) and "TT" in str(err.value)
 
 
+def test_without_image_a_single_numbered_family_is_the_image(tmp_path: Path) -> None:
+    log = make_log(rows=96)
+    only_amp = write_log(replace(log, tt=log.tt[:, :0]), tmp_path / "one", "las")
+    got = read_well_log(only_amp, None)
+    assert got.image.request == "AMP{}" and got.image.members == tuple(
+        f"AMP{i}" for i in range(1, 17)
+    )
+    explicit = read_well_log(only_amp, "AMP{}")
+    assert np.array_equal(got.image.values, explicit.image.values, equal_nan=True)
+    auto = samples(converter(only_amp, **SMALL))
+    assert [s.meta["channels"]["image"] for s in auto] == ["AMP{}"] * 2
+    assert [s.rgb.tobytes() for s in auto] == [
+        s.rgb.tobytes() for s in samples(converter(only_amp, image="AMP{}", **SMALL))
+    ]
+    # two families (AMP1..16, TT1..8): the error lists both with the --image to give
+    with pytest.raises(SourceError) as err:
+        read_well_log(write_log(log, tmp_path / "two", "las"), None)
+    assert "2 candidate image channels: 'AMP{}' (16 sectors), 'TT{}' (8 sectors)" in str(err.value)
+    assert "--image 'AMP{}'" in str(err.value)
+
+
+def test_without_image_gapped_or_small_families_are_not_images(tmp_path: Path) -> None:
+    import lasio
+
+    las = lasio.LASFile()
+    las.append_curve("DEPT", np.arange(8.0), unit="m")
+    for name in ("RES1", "RES2", "RES3", "RES5", "ACCL1", "ACCL2", "GR"):
+        las.append_curve(name, np.ones(8), unit="ohm.m")
+    path = tmp_path / "gaps.las"
+    with open(path, "w") as f:
+        las.write(f, version=2.0)
+    with pytest.raises(SourceError, match="no image channel to pick.*ACCL1, ACCL2, GR$"):
+        read_well_log(path, None)
+    assert read_well_log(path, "ACCL{}").image.sectors == 2  # named, two sectors are fine
+
+
+def test_missing_depth_channel_is_named_without_image(log_files: dict[str, Path]) -> None:
+    for fmt, path in log_files.items():
+        with pytest.raises(SourceError) as err:
+            read_well_log(path, None, "NOPE")
+        assert str(err.value).startswith(f"{path}: no channel 'NOPE'; channels present: "), fmt
+
+
+@pytest.mark.parametrize("fmt", ["npz", "hdf5"])
+def test_channel_off_the_index_says_rows_vs_index(tmp_path: Path, fmt: str) -> None:
+    log = make_log(rows=64)
+    path = write_log(replace(log, image=log.image[:60], tt=log.tt[:60]), tmp_path, fmt)
+    want = "'AMP' has 60 rows, the index 'depth' has 64"
+    with pytest.raises(SourceError) as err:
+        read_well_log(path, "AMP")
+    assert str(err.value) == f"{path}: channel {want}"
+    with pytest.raises(SourceError) as err:
+        read_well_log(path, None)
+    assert str(err.value).startswith(f"{path}: no channel on the index: {want}")
+    assert "'TT' has 60 rows" in str(err.value)
+
+
+def test_lasio_parser_notes_do_not_reach_stderr(
+    shared_fixtures: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    wrapped = shared_fixtures / "las" / "1001178549.las"  # WRAP=YES
+    caplog.set_level(logging.DEBUG, logger="converters.welllogs")
+    read_well_log(wrapped, "ACCL{}")
+    notes = [r for r in caplog.records if "Only engine" in r.getMessage()]
+    assert notes and all(
+        r.levelno == logging.DEBUG and r.name == "converters.welllogs" for r in notes
+    )
+    assert str(wrapped) in notes[0].getMessage()
+    code = f"from converters.welllogs import read_well_log; read_well_log({str(wrapped)!r}, 'ACCL{{}}')"
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    # a real lasio warning still comes through, naming the file
+    conflicting = tmp_path / "conflict.las"
+    conflicting.write_text(wrapped.read_text().replace("STRT .FT", "STRT .M ", 1))
+    caplog.clear()
+    read_well_log(conflicting, "ACCL{}")
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (
+        "Conflicting index units" in warning.getMessage()
+        and str(conflicting) in warning.getMessage()
+    )
+
+
 def test_real_dlis_fixtures_have_no_image_channels(shared_fixtures: Path) -> None:
     for name, listed in [
         ("pyborehole_test_dlis.dlis", "CALIPER.PD"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from converters.nyu import (
 from datakit.errors import SourceError
 from datakit.schema import Sample
 from tests.converted_fixtures import read_converted
-from tests.nyu_fixtures import build_nyu, write_class_mapping, write_splits
+from tests.nyu_fixtures import build_nyu, write_class_mapping, write_nyu, write_splits
 
 
 def _samples(**cfg: object) -> list[Sample]:
@@ -149,6 +150,47 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     bad_map.write_text("1 2 41")
     with pytest.raises(SourceError, match="map.txt"):
         NyuConverter(NyuConfig(mat=str(fx.path), label_map=str(bad_map))).units()
+
+
+@pytest.mark.parametrize(
+    ("field", "dtype", "want"),
+    [
+        ("rgb", np.float32, "'images' is float32, expected uint8"),
+        ("depth", np.uint16, "'depths' is uint16, expected float32 metres"),
+        ("labels", np.int32, "'labels' is int32, expected uint16"),
+    ],
+)
+def test_dataset_dtypes_name_the_file_and_dataset(
+    tmp_path: Path, field: str, dtype: type, want: str
+) -> None:
+    from dataclasses import replace
+
+    fx = build_nyu(tmp_path / "nyu.mat", n=2)
+    write_nyu(replace(fx, **{field: getattr(fx, field).astype(dtype)}))
+    with pytest.raises(SourceError, match=f"^{re.escape(str(fx.path))}: dataset {want}"):
+        NyuConverter(NyuConfig(mat=str(fx.path))).units()
+    from datakit.cli import main
+
+    res = CliRunner().invoke(main, ["convert", "nyu", str(fx.path), str(tmp_path / "out")])
+    assert res.exit_code == 1 and not (tmp_path / "out" / "_info.json").exists()
+    assert f"{fx.path}: dataset {want}" in res.output and "Traceback" not in res.output
+
+
+def test_unreadable_frame_is_skipped_naming_file_dataset_and_frame(tmp_path: Path) -> None:
+    import h5py
+
+    fx = build_nyu(tmp_path / "nyu.mat", n=3)
+    with h5py.File(fx.path, "r") as f:
+        chunk = f["images"].id.get_chunk_info(1)  # frame 2's gzip chunk
+    data = bytearray(fx.path.read_bytes())
+    data[chunk.byte_offset : chunk.byte_offset + chunk.size] = b"\0" * chunk.size
+    fx.path.write_bytes(bytes(data))
+    conv = NyuConverter(NyuConfig(mat=str(fx.path)))
+    out = [s for u in conv.units() for s in conv.convert(u)]
+    assert [s.key for s in out if isinstance(s, Sample)] == ["nyu_0001", "nyu_0003"]
+    (skip,) = [s for s in out if isinstance(s, Skipped)]
+    assert skip.source == str(fx.path)
+    assert skip.reason.startswith("dataset 'images', frame 2: does not read")
 
 
 def test_cli_convert(tmp_path: Path) -> None:

@@ -148,9 +148,8 @@ def test_depth_and_labels_resized_by_nearest(tmp_path: Path, spec: fx.SensSpec) 
     fx.write_label_map(tmp_path / "scannetv2-labels.combined.tsv")
     samples, skipped = _samples(tmp_path, frame_skip=4, labels=True, size=(40, 30))
     assert [s.meta["frame"] for s in samples] == [0, 4]
-    assert [k.source for k in skipped] == ["scene0001_00/000008"] and "no label image" in skipped[
-        0
-    ].reason
+    assert [k.source for k in skipped] == [str(folder / "scene0001_00_2d-label-filt.zip")]
+    assert "frame 8: no label image" in skipped[0].reason
     lab = samples[0].label
     assert lab is not None and lab.dtype == np.uint8 and lab.shape == (30, 40)
     expected = np.full(ids.shape, 255, np.uint8)
@@ -226,22 +225,118 @@ def test_corrupt_frames_are_skipped_with_reason(tmp_path: Path, spec: fx.SensSpe
     frames[1] = replace(frames[1], color=frames[1].color[: len(frames[1].color) // 2])  # cut JPEG
     frames[2] = replace(frames[2], depth=b"not zlib at all")
     frames[3] = replace(frames[3], depth=zlib.compress(b"\0" * 100))
-    _scene(tmp_path, replace(spec, frames=frames))
+    folder = _scene(tmp_path, replace(spec, frames=frames))
     samples, skipped = _samples(tmp_path, frame_skip=1)
     assert [s.meta["frame"] for s in samples] == [0]
-    assert [k.source for k in skipped] == [f"scene0001_00/{i:06d}" for i in (1, 2, 3)]
+    # each names the .sens file, the scan, the frame and its byte offset
+    assert [k.source for k in skipped] == [str(folder / "scene0001_00.sens")] * 3
+    assert [k.reason.split(" at byte")[0] for k in skipped] == [
+        f"scan scene0001_00: frame {i}" for i in (1, 2, 3)
+    ]
     assert "colour jpeg does not decode" in skipped[0].reason
     assert "does not inflate" in skipped[1].reason
     assert "inflates to 100 bytes, expected 80x60x2" in skipped[2].reason
-    assert all("byte " in k.reason for k in skipped)
+
+
+def test_truncated_sens_keeps_intact_frames_and_counts_lost_ones(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    folder = _scene(tmp_path, spec)
+    sens = folder / "scene0001_00.sens"
+    with SensReader(sens) as r:
+        off4 = r.read_frame(4).offset
+    sens.write_bytes(sens.read_bytes()[: off4 + 100])  # inside frame 4's colour bytes
+    conv = ScanNetConverter(
+        ScanNetConfig(src=str(tmp_path), size=SIZE, frame_skip=3, chunk_frames=2)
+    )  # kept 0 3 | 6 9: frame 3 is intact, 6 and 9 are lost, in the second chunk
+    out = [s for u in conv.units() for s in conv.convert(u)]
+    assert [s.key for s in out if isinstance(s, Sample)] == [
+        "scene0001_00_000000",
+        "scene0001_00_000003",
+    ]
+    lost = [s for s in out if isinstance(s, Skipped)]
+    assert [k.source for k in lost] == [str(sens)] * 2  # one per lost kept frame
+    assert lost[0].reason.startswith(f"scan scene0001_00: frame 4 at byte {off4}: ")
+    assert "truncated" in lost[0].reason and "kept frames from 6 on are lost" in lost[0].reason
+    assert lost[1].reason == f"frame 9 is lost to the truncation at frame 4 (byte {off4})"
+    # a count the file has no room for (a corrupt count, or a cut deep into a long scan): only
+    # as many frames are listed as headers could fit, and frame 0 is still converted
+    with SensReader(sens) as r:
+        end0, count_at = r.read_frame(1).offset, r.header.frames_offset - 8
+    data = bytearray(sens.read_bytes()[: end0 + 50])
+    data[count_at : count_at + 8] = struct.pack("<Q", 10**12)
+    sens.write_bytes(bytes(data))
+    conv = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, frame_skip=1))
+    assert len(conv.units()) <= 4  # (end0 + 50) / 96 frame headers at most, 50 a unit
+    samples, lost = _samples(tmp_path, frame_skip=1)
+    assert [s.meta["frame"] for s in samples] == [0]
+    assert (
+        f"frame 1 at byte {end0}" in lost[0].reason
+        and "says 1000000000000 frames" in lost[0].reason
+    )
+    assert all("truncation at frame 1 (byte" in k.reason for k in lost[1:])
+
+
+def test_cli_truncated_sens_skip_counts_frames(tmp_path: Path, spec: fx.SensSpec) -> None:
+    from click.testing import CliRunner
+
+    from datakit.cli import main
+
+    folder = _scene(tmp_path / "src", spec)
+    sens = folder / "scene0001_00.sens"
+    with SensReader(sens) as r:
+        off1 = r.read_frame(1).offset
+    sens.write_bytes(sens.read_bytes()[: off1 + 200])
+    out = tmp_path / "out"
+    args = ["convert", "scannet", str(tmp_path / "src"), str(out), "--frame-skip", "5"]
+    res = CliRunner().invoke(
+        main, [*args, "--size", "80x60", "--no-progress", "--on-error", "skip"]
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "_info.json").read_text())
+    assert info["splits"]["train"]["num_samples"] == 1  # frame 0, read before the cut
+    assert info["errors"]["skipped"] == 2  # frames 5 and 10
+    log = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["source"] for e in log] == [str(sens)] * 2
+    assert sum(f"frame 1 at byte {off1}" in e["reason"] for e in log) == 1  # reported once
+    res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "f"), *args[4:], "--no-progress"])
+    assert res.exit_code == 1 and f"{sens}: scan scene0001_00: frame 1 at byte {off1}" in str(
+        res.output
+    ) + str(res.exception)
+    assert not (tmp_path / "f" / "_info.json").exists()
+
+
+def test_implausible_header_sizes_are_errors_naming_the_file(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    small = replace(spec, frames=spec.frames[:2])
+    folder = _scene(tmp_path, replace(small, color_size=(100000, 100000)))
+    conv = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, frame_skip=1))
+    (unit,) = conv.units()
+    with pytest.raises(
+        SourceError, match=r"scene0001_00\.sens: .*colour size 100000x100000 is implausible"
+    ):
+        list(conv.convert(unit))
+    for bad in ((160, 0), (0, 60), (70000, 60)):
+        fx.write_sens(folder / "scene0001_00.sens", replace(small, depth_size=bad))
+        with pytest.raises(SourceError, match=f"depth size {bad[0]}x{bad[1]} is implausible"):
+            SensReader(folder / "scene0001_00.sens")
+    # plausible but wrong: every frame disagrees with the header, nothing is scaled by it
+    fx.write_sens(folder / "scene0001_00.sens", replace(small, color_size=(320, 240)))
+    samples, skipped = _samples(tmp_path, frame_skip=1)
+    assert not samples and [k.source for k in skipped] == [str(folder / "scene0001_00.sens")] * 2
+    assert "colour jpeg is 160x120, the header says 320x240" in skipped[0].reason
 
 
 def test_missing_label_zip_fails_the_scan(tmp_path: Path, spec: fx.SensSpec) -> None:
     _scene(tmp_path, spec)
     fx.write_label_map(tmp_path / "scannetv2-labels.combined.tsv")
-    conv = ScanNetConverter(ScanNetConfig(src=str(tmp_path), size=SIZE, labels=True))
+    conv = ScanNetConverter(
+        ScanNetConfig(src=str(tmp_path), size=SIZE, labels=True, frame_skip=1, chunk_frames=2)
+    )
+    (unit,) = conv.units()  # one failure for the scan, not one per chunk of frames
     with pytest.raises(SourceError, match="scene0001_00_2d-label-filt.zip"):
-        list(conv.convert(conv.units()[0]))
+        list(conv.convert(unit))
     (tmp_path / "scannetv2-labels.combined.tsv").unlink()
     with pytest.raises(SourceError, match="label map"):
         conv.units()
@@ -294,11 +389,14 @@ def test_colour_decoding_helpers() -> None:
 def test_empty_exported_colour_file_is_skipped(tmp_path: Path, spec: fx.SensSpec) -> None:
     scene = tmp_path / "scans" / "scene0001_00"
     fx.write_exported(scene, spec, frame_indices=range(3))
-    next((scene / "color").glob("1.*")).write_bytes(b"")
+    empty = next((scene / "color").glob("1.*"))
+    empty.write_bytes(b"")
+    (scene / "depth" / "2.png").write_bytes(b"not a png")
     samples, skipped = _samples(tmp_path, frame_skip=1)
-    assert [s.meta["frame"] for s in samples] == [0, 2]
-    assert [k.source for k in skipped] == ["scene0001_00/000001"]
-    assert "does not decode" in skipped[0].reason
+    assert [s.meta["frame"] for s in samples] == [0]
+    assert [k.source for k in skipped] == [str(empty), str(scene / "depth" / "2.png")]
+    assert skipped[0].reason == "scan scene0001_00: frame 1: colour image does not decode"
+    assert "frame 2: missing or not a 16-bit" in skipped[1].reason
 
 
 # --- the real fixtures ----------------------------------------------------------------------------
@@ -396,15 +494,16 @@ def test_cli_on_error_skip_and_fail(tmp_path: Path, spec: fx.SensSpec) -> None:
     args = ["convert", "scannet", str(src), "--frame-skip", "1", "--size", "80x60", "--no-progress"]
     res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "a"), *args[3:]])
     assert res.exit_code == 1
-    assert "scene0001_00/000002: colour jpeg does not decode" in str(res.output) + str(
-        res.exception
-    )
+    sens = src / "scans" / "scene0001_00" / "scene0001_00.sens"
+    assert f"{sens}: scan scene0001_00: frame 2 at byte " in str(res.output) + str(res.exception)
+    assert "colour jpeg does not decode" in str(res.output) + str(res.exception)
     res = CliRunner().invoke(
         main, [*args[:3], str(tmp_path / "b"), *args[3:], "--on-error", "skip"]
     )
     assert res.exit_code == 0, res.output
     log = (tmp_path / "b" / "errors.jsonl").read_text().splitlines()
-    assert len(log) == 1 and "scene0001_00/000002" in log[0]
+    assert len(log) == 1 and json.loads(log[0])["source"] == str(sens)
+    assert "frame 2 at byte" in json.loads(log[0])["reason"]
 
 
 def test_cli_workers_give_identical_shards(tmp_path: Path, spec: fx.SensSpec) -> None:
