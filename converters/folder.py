@@ -65,6 +65,11 @@ class FolderConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive number")
         if not re.fullmatch(r"[A-Za-z0-9_]+", self.split):
             raise UsageError(f"--split {self.split!r}: letters, digits and _ only")
+        if not 0 <= self.ignore_index <= MAX_CODE:
+            raise UsageError(
+                f"--ignore-index {self.ignore_index}: must be within 0..{MAX_CODE} "
+                "(label PNGs hold 16-bit values)"
+            )
 
     @property
     def store_scale(self) -> float:
@@ -108,11 +113,17 @@ class FolderConverter(Converter):
 
     config: FolderConfig
 
+    def __init__(self, config: FolderConfig) -> None:
+        super().__init__(config)
+        # Read once here (not per frame, and before any unit runs): each label file is checked
+        # against it.
+        self.classes = _read_classes(config.classes) if config.label is not None else ()
+
     def info(self) -> SourceInfo:
         cfg = self.config
         labels = None
         if cfg.label is not None:
-            labels = LabelSet("folder", _read_classes(cfg.classes), cfg.ignore_index)
+            labels = LabelSet("folder", self.classes, cfg.ignore_index)
         return SourceInfo(
             source=self.name,
             depth_unit=DEPTH_KINDS[cfg.depth_kind][0],
@@ -167,6 +178,7 @@ class FolderConverter(Converter):
                 raise SourceError(
                     label_path, f"labels must be 8- or 16-bit integers, got {label.dtype}"
                 )
+            _check_label_values(label, label_path, len(self.classes), cfg.ignore_index)
         if cfg.size is not None and cfg.size != (w, h):
             rgb = resize_rgb(rgb, cfg.size)
             depth = resize_nearest(depth, cfg.size)
@@ -383,6 +395,21 @@ def _same_size(arr: np.ndarray, path: str, rgb_path: str, hw: tuple[int, int]) -
     if arr.shape[:2] != hw:
         raise SourceError(
             path, f"is {arr.shape[1]}x{arr.shape[0]} but its image {rgb_path} is {hw[1]}x{hw[0]}"
+        )
+
+
+def _check_label_values(label: np.ndarray, path: str, num_classes: int, ignore: int) -> None:
+    """Every value a class id (0..num_classes-1) or ``ignore``; no range without --classes."""
+    if not num_classes:
+        return
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != ignore)]
+    if bad.size:
+        listed = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+        raise SourceError(
+            path,
+            f"label value(s) {listed} outside the {num_classes} classes of --classes "
+            f"(0..{num_classes - 1}) and not --ignore-index {ignore}",
         )
 
 

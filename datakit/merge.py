@@ -16,6 +16,7 @@ from datakit.manifest import (
     dumps,
 )
 from datakit.storage import Location
+from datakit.urls import check_writable
 
 
 def merge(out: str) -> dict[str, Any]:
@@ -23,6 +24,7 @@ def merge(out: str) -> dict[str, Any]:
 
     Raises :class:`DatakitError` when a part is missing or parts disagree on their arguments.
     """
+    check_writable(out, "OUT")
     loc = Location(out)
     parts_loc = Location(loc.path(PARTS_DIR))
     names = sorted(n for n in parts_loc.listdir() if n.startswith("part-") and n.endswith(".json"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol, cast
@@ -23,6 +24,7 @@ from datakit.errors import DatakitError, SampleError, UsageError
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
+from datakit.urls import check_writable
 from datakit.views import PairedViews, View, ViewConfig, cell_centres, make_views, sample_seed
 
 
@@ -350,33 +352,92 @@ def preview(
     """Render the contact sheet of ``dataset`` (folder or URL) to ``out`` (PNG) and optionally the
     self-contained HTML page to ``html``. Reads only the chosen samples (see module docstring).
 
-    Raises :class:`DatakitError` for an incomplete/empty dataset or a short shard.
+    Both outputs appear together or not at all: each is opened under a temporary name beside it
+    before any sample is read, and renamed only when both are written.
+
+    Raises :class:`DatakitError` for an incomplete/empty dataset, a short shard or an output that
+    cannot be written; :class:`UsageError` for an output given as a URL.
     """
     from datakit.preview_sheet import render_sheet
 
     config = config or PreviewConfig()
-    location = dataset if isinstance(dataset, Location) else Location(dataset)
-    info = read_info(location)
-    refs = choose_samples(info, config.n, config.seed, config.split)
-    stats = ReadStats()
-    samples = read_samples(location, refs, stats)
-    rows = build_rows(samples, refs, config, pair_rule)
-    title = (
-        f"datakit preview  {info.name or location.display}  source {info.source or '?'}  "
-        f"{len(rows)} of {info.num_samples(config.split)} samples  seed {config.seed}"
-    )
-    sheet = render_sheet(rows, info, config, title=title)
     if out is not None:
-        _write(out, sheet.png_bytes())
+        check_writable(out, "-o/--out", local_only=True)
     if html is not None:
-        from datakit.preview_html import page_html
+        check_writable(html, "--html", local_only=True)
+    location = dataset if isinstance(dataset, Location) else Location(dataset)
+    with _Outputs([p for p in (out, html) if p is not None]) as outputs:
+        info = read_info(location)
+        refs = choose_samples(info, config.n, config.seed, config.split)
+        stats = ReadStats()
+        samples = read_samples(location, refs, stats)
+        rows = build_rows(samples, refs, config, pair_rule)
+        title = (
+            f"datakit preview  {info.name or location.display}  source {info.source or '?'}  "
+            f"{len(rows)} of {info.num_samples(config.split)} samples  seed {config.seed}"
+        )
+        sheet = render_sheet(rows, info, config, title=title)
+        if out is not None:
+            outputs.write(out, sheet.png_bytes())
+        if html is not None:
+            from datakit.preview_html import page_html
 
-        _write(html, page_html(sheet, rows, title=title, source=location.display).encode())
+            outputs.write(
+                html, page_html(sheet, rows, title=title, source=location.display).encode()
+            )
     return PreviewResult(sheet, rows, info, location, stats)
 
 
-def _write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
+class _Outputs:
+    """Files written under temporary names beside their final ones (opened on entry, so an
+    unwritable path fails before any work) and renamed together when the block succeeds; on any
+    error the temporaries and the folders made for them are removed and no final name is touched."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.tmp: dict[str, str] = {}
+        self.created: list[str] = []
+
+    def __enter__(self) -> _Outputs:
+        try:
+            for path in self.paths:
+                folder = os.path.dirname(os.path.abspath(path))
+                try:
+                    self.created += Location(folder).missing_folders()
+                    os.makedirs(folder, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(
+                        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder
+                    )
+                except OSError as exc:
+                    raise DatakitError(
+                        f"{path}: cannot be written ({exc.strerror or exc})"
+                    ) from None
+                os.close(fd)
+                self.tmp[path] = tmp
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def write(self, path: str, data: bytes) -> None:
+        try:
+            with open(self.tmp[path], "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise DatakitError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        for path, tmp in self.tmp.items():
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        self.tmp.clear()
+
+    def _discard(self) -> None:
+        for tmp in self.tmp.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.tmp.clear()
+        Location.remove_empty_folders(self.created)

@@ -87,13 +87,15 @@ class ColorBar:
 @dataclass
 class RowLayout:
     """Where one sample's pieces sit on the sheet. ``panels`` are the image areas exactly;
-    ``figures`` add each panel's bar, legend or axes (what the HTML page crops)."""
+    ``figures`` add each panel's bar, legend or axes (what the HTML page crops); ``captions`` the
+    text drawn above each panel."""
 
     index: int
     key: str
     rect: Rect
     header: str
     panels: dict[str, Rect] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Rect] = field(default_factory=dict)
     legend: list[LegendEntry] = field(default_factory=list)
     colorbar: ColorBar | None = None

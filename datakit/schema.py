@@ -7,6 +7,7 @@ member's extension. Codecs are dispatched by extension through :data:`CODECS`, a
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ import numpy as np
 
 from datakit import png
 from datakit.errors import SampleError
+
+# A file OpenCV cannot decode is reported by us as one line naming it; OpenCV's own "[ WARN..." /
+# "[ERROR..." lines on stderr would come first and bury it. Every module that decodes with cv2
+# imports this one. OPENCV_LOG_LEVEL, when set, still wins (for debugging OpenCV itself).
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 SCHEMA_VERSION = 1
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -274,6 +274,30 @@ class Location:
         if self.is_local:
             os.makedirs(self.url, exist_ok=True)
 
+    def missing_folders(self) -> list[str]:
+        """The local folders :meth:`makedirs` would create, deepest first (none for a URL)."""
+        missing: list[str] = []
+        if not self.is_local:
+            return missing
+        path = os.path.abspath(self.url)
+        while not os.path.exists(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        return missing
+
+    @staticmethod
+    def remove_empty_folders(folders: list[str]) -> None:
+        """Remove those of ``folders`` (from :meth:`missing_folders`) that are empty, deepest
+        first: a failed command leaves no empty folder it made, and touches nothing else."""
+        for folder in sorted(folders, key=lambda f: f.count(os.sep), reverse=True):
+            try:
+                os.rmdir(folder)  # refuses a folder that is not empty
+            except OSError:
+                continue
+
     def put_file(self, local_path: str, name: str) -> None:
         """Move/upload a finished local file to ``name``; it appears under that name only when whole
         (S3 objects of two parts or more go up as a multipart upload, committed at the end)."""

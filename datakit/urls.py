@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from datakit.errors import UsageError
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _SECRET_PARAM = re.compile(r"sig|signature|token|secret|password|passwd|credential|key", re.I)
@@ -19,6 +21,30 @@ _SECRET_PARAM = re.compile(r"sig|signature|token|secret|password|passwd|credenti
 
 def is_url(path: str | os.PathLike[str]) -> bool:
     return bool(_URL.match(str(path))) and not str(path).startswith("file://")
+
+
+READ_ONLY_SCHEMES = ("http", "https")
+
+
+def check_writable(
+    target: str | os.PathLike[str], option: str, *, local_only: bool = False
+) -> None:
+    """Refuse, before any work, an output that cannot be written: ``http(s)://`` is read only
+    (SPEC 1), and a ``local_only`` output (run folder, EVAL.json, preview files, exported backbone)
+    takes a local path, not a URL. ``option`` names it in the message (``OUT``, ``--out``).
+
+    Raises :class:`~datakit.errors.UsageError`."""
+    text = str(target)
+    if not _URL.match(text):
+        return
+    scheme = text.split(":", 1)[0].lower()
+    if local_only:
+        raise UsageError(f"{option} {redact(text)}: must be a local path, not a URL")
+    if scheme in READ_ONLY_SCHEMES:
+        raise UsageError(
+            f"{option} {redact(text)}: {scheme}:// is read only; write to a local folder or a "
+            "bucket (s3://, gs://, az://)"
+        )
 
 
 def redact(url: str) -> str:

@@ -118,6 +118,9 @@ def check_sample(
     if s.meta.get("split") != entry.split:
         return f"{key}: metadata split {s.meta.get('split')!r} in a {entry.split!r} shard"
     depth = info.depth
+    problem = _depth_presence(key, s, depth is not None)
+    if problem:
+        return problem
     if (
         s.depth_raw is not None
         and depth is not None
@@ -133,6 +136,24 @@ def check_sample(
         bad = values[(values >= n) & (values != ignore)]
         if bad.size:
             return f"{key}: label values {bad[:5].tolist()} outside 0..{n - 1} and ignore {ignore}"
+    return None
+
+
+def _depth_presence(key: str, s: schema.DecodedSample, manifest_has_depth: bool) -> str | None:
+    """The depth member must be there when the sample's ``has_depth`` says so, or, for a sample
+    without that flag, when the manifest has a depth section; and absent when ``has_depth`` is
+    false. (A sample may say ``has_depth: false`` in a dataset with depth: a log without the
+    channel.)"""
+    member = schema.FIELD_BY_NAME["depth"].extensions[0]
+    flag = s.meta.get("has_depth")
+    if flag is not None and not isinstance(flag, bool):
+        return f"{key}: metadata has_depth must be true or false, got {flag!r}"
+    expected = flag if flag is not None else manifest_has_depth
+    if expected and s.depth_raw is None:
+        why = "its metadata says has_depth" if flag else "the manifest has depth"
+        return f"{key}: missing member {key}.{member} ({why})"
+    if flag is False and s.depth_raw is not None:
+        return f"{key}: member {key}.{member} present but its metadata says has_depth false"
     return None
 
 

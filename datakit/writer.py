@@ -40,6 +40,7 @@ from datakit.manifest import (
 )
 from datakit.resume import Progress, prepare_output, progress_name
 from datakit.storage import Location, redact_args
+from datakit.urls import check_writable
 
 ON_ERROR = ("fail", "skip")
 MODES = ("new", "resume", "overwrite")
@@ -315,10 +316,22 @@ def convert(converter: Any, out: str, cfg: ConvertConfig) -> ConvertResult:
     """Convert every unit of ``converter`` into shards under ``out`` (folder or URL).
 
     Raises :class:`UsageError` when ``out`` already holds a dataset and neither resume nor
-    overwrite was asked, and :class:`DatakitError` for bad input under ``--on-error fail``.
+    overwrite was asked, or is a read-only URL, and :class:`DatakitError` for bad input under
+    ``--on-error fail``. A local ``out`` this call created is removed again when the run fails
+    before writing anything into it.
     """
+    check_writable(out, "OUT")
     t0 = time.perf_counter()
     loc = Location(out)
+    created = loc.missing_folders()
+    try:
+        return _convert(converter, loc, cfg, t0)
+    except BaseException:
+        Location.remove_empty_folders(created)
+        raise
+
+
+def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> ConvertResult:
     source = converter.info()
     args = redact_args({"source": source.source, **converter.config_dict(), **cfg.output_args()})
     if cfg.part is not None:

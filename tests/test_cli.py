@@ -110,6 +110,44 @@ def test_verify_reports_missing_shard_and_undecodable_sample(ds64, tmp_path):
     assert "train_000050.depth.png: image bytes do not decode" in res.output
 
 
+def test_verify_reports_a_missing_depth_member(ds64, tmp_path):
+    """A sample whose metadata says has_depth (or, without the flag, whose manifest has depth) but
+    that lacks depth.png is a fault, even in a shard whose hash and size match the manifest."""
+    import hashlib
+    import io
+
+    bad = tmp_path / "nodepth"
+    shutil.copytree(ds64, bad)
+    src = bad / "train-000001.tar"
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, data in members:
+            if m.name in ("train_000017.depth.png", "train_000018.depth.png"):
+                continue
+            if m.name == "train_000018.json":  # a sample written before has_depth existed
+                meta = json.loads(data)
+                assert meta.pop("has_depth") is True
+                data = json.dumps(meta).encode()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    info = json.loads((bad / "_info.json").read_text())
+    for entry in info["shards"]:
+        if entry["name"] == src.name:
+            entry["bytes"] = src.stat().st_size
+            entry["sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    (bad / "_info.json").write_text(json.dumps(info))
+    res = run("verify", "-q", str(bad))
+    assert res.exit_code == 1, res.output
+    faults = [line for line in res.output.splitlines() if line.startswith("FAULT")]
+    assert faults == [
+        f"FAULT {src}: train_000017: missing member train_000017.depth.png "
+        "(its metadata says has_depth)",
+        f"FAULT {src}: train_000018: missing member train_000018.depth.png "
+        "(the manifest has depth)",
+    ]
+
+
 def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
     bad = tmp_path / "noinfo"
     shutil.copytree(ds64, bad)
@@ -141,6 +179,11 @@ def test_convert_refuses_existing_and_conflicting_flags(ds64):
     assert res.exit_code == 2 and "exclude each other" in res.output
     res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--size", "64by48"])
     assert res.exit_code == 2 and "is not a size like 640x480" in res.output
+    res = CliRunner().invoke(main, ["convert", "synthetic", str(ds64), "--max-shard-bytes", "abc"])
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value for '--max-shard-bytes': 'abc' is not a size like 500M" in (
+        res.output
+    )
     res = CliRunner().invoke(main, ["convert", "nosuchsource", str(ds64)])
     assert res.exit_code == 2 and "No such command" in res.output
 

@@ -144,11 +144,44 @@ def test_linear_probe_end_to_end_writes_json(synthetic_dataset: Path, tmp_path: 
     assert r["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
-def test_holdout_when_eval_split_missing_and_finetune(synthetic_dataset: Path) -> None:
-    r = evaluate(_cfg(synthetic_dataset, eval_split="test", protocol="finetune", epochs=1))
-    assert r["eval_split"] == "train[held out 20%]"
+def test_holdout_when_the_dataset_has_no_val_and_finetune(tmp_path: Path) -> None:
+    from tests.conftest import convert_synthetic
+
+    train_only = convert_synthetic(tmp_path / "train-only", num=16, size=(48, 36))
+    r = evaluate(_cfg(train_only, protocol="finetune", epochs=1))
+    assert r["eval_split"] == "train[held out 20%]" and r["config"]["eval_split"] is None
     assert r["num_train"] + r["num_eval"] == 16 and r["num_eval"] > 0
     assert r["protocol"] == "finetune" and 0.0 <= r["miou"] <= 1.0
+
+
+def test_a_named_eval_split_the_dataset_lacks_is_a_usage_error(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """The hold-out stands in for val only when no split was named; a named one must exist."""
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(synthetic_dataset), "--random-init", "--arch", "resnet18",
+         "--eval-split", "nope", "--out", str(out), "--image-size", "32", "--epochs", "1"],
+    )  # fmt: skip
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "--eval-split 'nope'" in lines[0] and str(synthetic_dataset) in lines[0]
+    assert "(has train, val)" in lines[0]
+    assert not out.exists()
+
+
+def test_eval_json_records_the_resolved_config(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A resnet18 checkpoint evaluated with the default --arch: the recorded config names the
+    architecture used, the protocol's epochs and lr and the split scored, not the defaults."""
+    plain = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), plain)
+    cfg = EvalConfig(data=str(synthetic_dataset), checkpoint=str(plain), image_size=32, max_train=4)
+    assert cfg.arch == "resnet50" and cfg.epochs is None and cfg.lr is None
+    r = evaluate(cfg)
+    assert r["arch"] == "resnet18" and r["config"]["arch"] == "resnet18"
+    assert r["config"]["epochs"] == r["epochs"] == 30 and r["config"]["lr"] == 0.01
+    assert r["config"]["eval_split"] == r["eval_split"] == "val"
 
 
 def test_linear_probe_is_deterministic_and_streams_when_cache_is_small(

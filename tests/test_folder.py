@@ -260,6 +260,64 @@ def test_cli_labels_without_classes_convert_and_verify(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
 
 
+def test_cli_label_values_outside_the_classes_are_bad_input(tmp_path: Path) -> None:
+    """A label value that is neither a class of --classes nor --ignore-index fails the frame
+    (naming its label file), or is skipped and counted with --on-error skip; what is written
+    then verifies. --ignore-index must fit a 16-bit label PNG."""
+    from datakit.cli import main
+
+    good = (np.arange(48).reshape(6, 8) % 3).astype(np.uint8)
+    bad = good.copy()
+    bad[0, 0], bad[0, 1] = 7, 255  # 7: no such class; 255: the ignore index
+    for key, lab in (("x", bad), ("y", good)):
+        write_rgb(tmp_path / f"src/rgb/{key}.png", rgb_image(6, 8, 0))
+        write_depth(tmp_path / f"src/depth/{key}.png", np.ones((6, 8), np.uint16))
+        write_depth(tmp_path / f"src/label/{key}.png", lab)
+    (tmp_path / "classes.txt").write_text("floor\nwall\nthing\n")
+    args = ["convert", "folder", str(tmp_path / "src"), "--rgb", "rgb/*.png", "--depth",
+            "depth/*.png", "--label", "label/*.png", "--classes", str(tmp_path / "classes.txt"),
+            "--depth-scale", "0.001", "--depth-kind", "metric", "--no-progress"]  # fmt: skip
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [*args, str(out)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"Error: {tmp_path / 'src/label/x.png'}: label value(s) 7 outside")
+    assert not out.exists()
+    res = CliRunner().invoke(main, [*args, str(out), "--on-error", "skip"])
+    assert res.exit_code == 0 and "1 samples in 1 shards" in res.output, res.output
+    info, got = read_converted(out)
+    assert info["errors"]["skipped"] == 1 and set(got) == {"y"}
+    res = CliRunner().invoke(main, ["verify", "-q", str(out)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "o2"), "--ignore-index", "70000"])
+    assert res.exit_code == 2 and "--ignore-index 70000: must be within 0..65535" in res.output
+    assert not (tmp_path / "o2").exists()
+
+
+def test_cli_undecodable_image_is_one_line_without_opencv_logs(tmp_path: Path) -> None:
+    """OpenCV logs its own "[ WARN..." / "[ERROR..." lines to stderr when a file does not decode;
+    the command's stderr must hold our one line only (a real process: OpenCV writes to fd 2)."""
+    import os
+    import subprocess
+    import sys
+
+    write_rgb(tmp_path / "src/rgb/x.png", rgb_image(6, 8, 0))
+    png = (tmp_path / "src/rgb/x.png").read_bytes()
+    (tmp_path / "src/rgb/x.png").write_bytes(png[:8] + png[16:40])  # IHDR chunk cut short
+    write_depth(tmp_path / "src/depth/x.png", np.ones((6, 8), np.uint16))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "datakit", "convert", "folder", str(tmp_path / "src"),
+         str(tmp_path / "out"), "--rgb", "rgb/*.png", "--depth", "depth/*.png", "--depth-scale",
+         "0.001", "--depth-kind", "metric", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'src/rgb/x.png'}: not a readable image"
+    ], proc.stderr
+
+
 def test_cli_refuses_mismatched_sizes_naming_both(tmp_path: Path) -> None:
     from datakit.cli import main
 

@@ -600,6 +600,41 @@ def test_cli_preview_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
+def test_cli_preview_writes_both_outputs_or_neither(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    sheet = tmp_path / "new" / "sheet.png"
+    res = CliRunner().invoke(
+        main,
+        ["preview", str(synthetic_dataset), "-o", str(sheet), "--html", str(blocker / "p.html"),
+         "--n", "1"],
+    )  # fmt: skip
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"Error: {blocker / 'p.html'}: cannot be written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no sheet, no temporaries
+
+
+def test_valid_depth_percentage_is_never_rounded_up(tmp_path: Path) -> None:
+    """99.87% valid depth reads 99.8%, not 100% (the depth caption of the sheet)."""
+    from converters.folder import FolderConfig, FolderConverter
+    from tests.folder_fixtures import rgb_image, write_depth, write_rgb
+
+    depth = np.full((100, 100), 1000, np.uint16)
+    depth.flat[:13] = 0  # 9987 of 10000 pixels valid
+    write_rgb(tmp_path / "src/rgb/x.png", rgb_image(100, 100, 0))
+    write_depth(tmp_path / "src/depth/x.png", depth)
+    conv = FolderConverter(
+        FolderConfig(src=str(tmp_path / "src"), rgb="rgb/*.png", depth="depth/*.png",
+                     depth_scale=0.001, depth_kind="metric")
+    )  # fmt: skip
+    convert(conv, str(tmp_path / "ds"), ConvertConfig(progress=False))
+    result = render(tmp_path / "ds", n=1)
+    assert result.sheet.layout.rows[0].captions["depth"] == "depth [m]  valid 99.8%"
+
+
 def test_bad_member_is_one_line_naming_the_shard(synthetic_dataset: Path, tmp_path: Path) -> None:
     from tests.conftest import with_bad_member
 

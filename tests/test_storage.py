@@ -484,6 +484,34 @@ def test_http_dataset_reads_like_local(datasets, http_server):
     assert res.exit_code != 0 and "_info.json" in res.output
 
 
+def test_writing_to_http_is_refused_before_any_work(
+    http_server, synthetic_dataset, tmp_path, monkeypatch
+):
+    """SPEC 1: http(s):// is read only. Every command that writes refuses it up front, as a usage
+    error (exit 2) on one line, without a request to the server or a file written locally."""
+    base, root = http_server
+    url = f"{base}/refused"
+    monkeypatch.chdir(tmp_path)
+    data = str(synthetic_dataset)
+    commands = [
+        ["convert", "synthetic", url, "--num", "2", "--no-progress"],
+        ["merge", url],
+        ["preview", data, "-o", f"{url}/sheet.png"],
+        ["preview", data, "-o", "sheet.png", "--html", f"{url}/page.html"],
+        ["eval", "--data", data, "--random-init", "--arch", "resnet18", "--out", f"{url}/e.json"],
+        ["train", "--data", data, "--out", url, "--arch", "resnet18", "--steps", "1"],
+        ["export", "last.pt", f"{url}/backbone.pth"],
+        ["demo", "--out", url],
+    ]
+    for args in commands:
+        res = CliRunner().invoke(main, args, env=CLEAN_ENV)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, (args, res.output)
+        assert lines[0].startswith("Error: ") and url in lines[0], (args, res.output)
+    assert list(tmp_path.iterdir()) == []  # no "http:" folder, no sheet.png
+    assert not (root / "refused").exists()
+
+
 def test_cache_dir_serves_the_second_pass(aws, datasets, proxied, tmp_path):
     local, _ = datasets
     cfg = FAST.with_(cache_dir=str(tmp_path / "cache"))

@@ -146,7 +146,7 @@ def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
         "convert",
         "synthetic",
         "--num",
-        "48",
+        "96",  # 24 shards: killed at 3, the other 21 (~1 s here) are the margin for the poll
         "--size",
         "64x48",
         "--shard-size",
@@ -281,6 +281,22 @@ def test_on_error_fail_names_the_file(tmp_path):
     with pytest.raises(DatakitError, match=r"/data/file2.bin: truncated at byte 12"):
         convert(Bad(BadConfig()), str(tmp_path / "o"), ConvertConfig(progress=False))
     assert not (tmp_path / "o" / "_info.json").exists()
+
+
+def test_a_failed_run_removes_only_the_empty_out_it_created(tmp_path):
+    new = tmp_path / "made" / "here"
+    with pytest.raises(DatakitError, match="truncated"):
+        convert(Bad(BadConfig()), str(new), ConvertConfig(progress=False))
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor the parent made for it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(DatakitError, match="truncated"):
+        convert(Bad(BadConfig()), str(mine), ConvertConfig(progress=False))
+    assert mine.is_dir() and list(mine.iterdir()) == []  # the user's folder stays
+    kept = tmp_path / "kept"  # a completed shard and its progress stay, for --resume
+    with pytest.raises(DatakitError, match="truncated"):
+        convert(Bad(BadConfig()), str(kept), ConvertConfig(progress=False, shard_size=1))
+    assert sorted(os.listdir(kept)) == ["_progress.json", "train-000000.tar"]
 
 
 def test_on_error_skip_logs_and_counts(tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from datakit.errors import UsageError
+from datakit.urls import check_writable
 
 LEVEL_NAMES = ("c3", "c4", "c5")
 
@@ -227,6 +228,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("no dataset: pass --data DATASET (or data: in the config)")
     if not cfg.out:
         raise UsageError("no run folder: pass --out RUN")
+    check_writable(cfg.out, "--out", local_only=True)
     positive = (
         "steps",
         "batch_size",

@@ -1,8 +1,8 @@
 """Segmentation evaluation of a pretrained backbone (``datakit eval``).
 
 Two protocols, both trained on the ``label`` member of ``train_split`` and scored on ``eval_split``
-(or, when the dataset has no such split, on a held-out part of ``train_split`` chosen by a stable hash
-of the sample key):
+(left unset: ``val``, or, when the dataset has no ``val``, a held-out part of ``train_split`` chosen by
+a stable hash of the sample key; a named split the dataset lacks is an error):
 
 - ``linear``: the backbone is frozen (eval mode); a :class:`ProbeHead` (features of the chosen levels
   upsampled to the finest one and concatenated, per-channel standardisation, one 1x1 conv) is trained
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from datakit.errors import DatakitError, UsageError
+from datakit.urls import check_writable, redact
 from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
 from training.models import (
     LEVELS,
@@ -43,6 +44,7 @@ from training.models import (
 from training.probe import Batcher, ProbeHead, batches, fit_head, score_head
 
 PROTOCOLS = ("linear", "finetune")
+DEFAULT_EVAL_SPLIT = "val"  # scored when eval_split is None; a hold-out of train when absent
 # Defaults that depend on the protocol: epochs and head learning rate (AdamW).
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 30, "lr": 1e-2},
@@ -61,8 +63,8 @@ class EvalConfig:
     arch: str = "resnet50"  # for random init; a checkpoint names its own architecture
     levels: tuple[str, ...] = ("c5",)  # ("c3", "c4", "c5"): the concatenated feature maps
     train_split: str = "train"
-    eval_split: str = "val"
-    holdout: float = 0.2  # fraction of train_split scored when eval_split is missing
+    eval_split: str | None = None  # None: val, or a hold-out of train_split when there is no val
+    holdout: float = 0.2  # fraction of train_split scored when eval_split is None and no val
     image_size: int = 224  # short side of the evaluation input
     max_train: int | None = None
     max_eval: int | None = None
@@ -96,6 +98,8 @@ def validate(cfg: EvalConfig) -> None:
         raise UsageError(f"lr must be positive, got {cfg.lr}")
     if not 0 < cfg.holdout < 1:
         raise UsageError(f"holdout must be in (0, 1), got {cfg.holdout}")
+    if cfg.out:
+        check_writable(cfg.out, "--out", local_only=True)
 
 
 def build_config(*layers: tuple[str, Mapping[str, Any]]) -> EvalConfig:
@@ -221,7 +225,9 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     """Run the protocol and return the result dict (written to ``cfg.out`` as JSON when set):
     ``miou`` (0-1), ``per_class_iou`` (aligned with ``classes``, null for a class absent from both
     targets and predictions), ``classes``, ``pixel_accuracy``, ``confusion`` (rows = target) and the
-    run's details. Raises DatakitError for a dataset without labels or a missing split."""
+    run's details and ``config``, the resolved configuration (the architecture used, the protocol's
+    epochs and lr, the split scored). Raises DatakitError for a dataset without labels or without
+    ``train_split``, UsageError for an ``eval_split`` the dataset does not have."""
     from datakit.reader import open_dataset
 
     validate(cfg)
@@ -238,7 +244,13 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         raise DatakitError(
             f"{cfg.data}: no split {cfg.train_split!r} (has {', '.join(ds.info.splits)})"
         )
-    holdout = cfg.eval_split not in ds.info.splits
+    if cfg.eval_split is not None and cfg.eval_split not in ds.info.splits:
+        raise UsageError(
+            f"--eval-split {cfg.eval_split!r}: {redact(cfg.data)} has no such split "
+            f"(has {', '.join(ds.info.splits)})"
+        )
+    named = cfg.eval_split or DEFAULT_EVAL_SPLIT
+    holdout = named not in ds.info.splits
     first = ds.take(1, cfg.train_split)[0]
     size = eval_size(first.rgb.shape[0], first.rgb.shape[1], cfg.image_size)
 
@@ -248,8 +260,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     def keep_eval(key: str) -> bool:
         return not holdout or in_holdout(key, cfg.holdout)
 
-    eval_split = cfg.train_split if holdout else cfg.eval_split
-    eval_name = f"{cfg.train_split}[held out {cfg.holdout:.0%}]" if holdout else cfg.eval_split
+    eval_split = cfg.train_split if holdout else named
+    eval_name = f"{cfg.train_split}[held out {cfg.holdout:.0%}]" if holdout else named
     train = read_split(
         ds, cfg.train_split, size, select=keep_train, limit=cfg.max_train, workers=cfg.workers
     )
@@ -312,6 +324,13 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         ignore_index=ignore,
         batch_size=cfg.batch_size,
     )
+    resolved = dataclasses.replace(
+        cfg,
+        arch=backbone.arch,
+        eval_split=None if holdout else named,
+        epochs=epochs,
+        lr=lr,
+    )
     result: dict[str, Any] = {
         "miou": _json_float(sc.miou),
         "per_class_iou": [_json_float(v) for v in sc.iou],
@@ -336,7 +355,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         "device": str(device),
         "seconds": round(time.perf_counter() - t0, 2),
         "config": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(resolved).items()
         },
     }
     if cfg.out:

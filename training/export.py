@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from datakit.errors import UsageError
+from datakit.urls import check_writable
 from training import checkpoint
 from training.models import ARCHS
 
@@ -78,6 +79,7 @@ def export(checkpoint_path: str, out: str, *, fmt: str = "torchvision") -> Path:
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    check_writable(out, "OUT", local_only=True)
     ckpt = checkpoint.load(checkpoint_path)
     path = Path(out)
     if path.parent:

@@ -13,16 +13,26 @@ from typing import Any
 import click
 
 from datakit.errors import UsageError
+from datakit.urls import check_writable
 
 
-def _parse_bytes(value: str) -> int:
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    v = str(value).strip().lower().removesuffix("b").removesuffix("i")
-    num, unit = (v[:-1], v[-1]) if v and v[-1] in units else (v, "")
-    try:
-        return int(float(num) * units[unit])
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 500M or 2G") from None
+class ByteSizeType(click.ParamType):
+    """``500M``, ``2G``, ``1048576`` -> bytes; click names the option in the error."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        from datakit.remote import parse_bytes
+
+        try:
+            return parse_bytes(value)
+        except (ValueError, OverflowError):
+            self.fail(f"{value!r} is not a size like 500M or 2G", param, ctx)
+
+
+BYTE_SIZE = ByteSizeType()
 
 
 def _common_convert_options() -> list[click.Parameter]:
@@ -36,6 +46,7 @@ def _common_convert_options() -> list[click.Parameter]:
         ),
         click.Option(
             ["--max-shard-bytes"],
+            type=BYTE_SIZE,
             default="1G",
             show_default=True,
             help="Close a shard before it passes this size (e.g. 500M).",
@@ -114,6 +125,7 @@ def _convert_command(name: str) -> click.Command:
         from datakit.writer import ConvertConfig, convert
 
         out = kwargs.pop("out")
+        check_writable(out, "OUT")
         common = {k: kwargs.pop(k) for k in COMMON_NAMES}
         if common["resume"] and common["overwrite"]:
             raise UsageError("--resume and --overwrite exclude each other")
@@ -121,7 +133,6 @@ def _convert_command(name: str) -> click.Command:
             "resume" if common.pop("resume") else "overwrite" if common.pop("overwrite") else "new"
         )
         common.pop("overwrite", None)
-        common["max_shard_bytes"] = _parse_bytes(common["max_shard_bytes"])
         cfg = ConvertConfig(mode=mode, **common)
         converter = conv_cls.from_cli(**kwargs)
         result = convert(converter, out, cfg)

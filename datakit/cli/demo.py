@@ -8,6 +8,7 @@ import os
 import click
 
 from datakit.cli.data import info, preview, verify
+from datakit.urls import check_writable
 
 
 @click.command()
@@ -31,6 +32,7 @@ def demo(out: str, num: int, val: int, workers: int, steps: int, device: str) ->
     from datakit.writer import ConvertConfig
     from datakit.writer import convert as run_convert
 
+    check_writable(out, "--out", local_only=True)
     data = os.path.join(out, "data")
     click.echo(f"[1] convert synthetic -> {data}")
     res = run_convert(

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from datakit.errors import UsageError
+from datakit.urls import check_writable
 
 
 @click.command()
@@ -69,6 +70,7 @@ def train(
     from training.loop import CONFIG_NAME
     from training.loop import train as run_train
 
+    check_writable(flags["out"], "--out", local_only=True)
     flags.update(compile=compile_, resume=resume or None)
     cfg = from_layers(
         saved=os.path.join(flags["out"], CONFIG_NAME) if resume else None,
@@ -142,7 +144,11 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
     "--lr", type=float, default=None, help="Head lr (AdamW) [0.01 linear, 0.001 finetune]."
 )
 @click.option("--train-split", default=None, help="[train]")
-@click.option("--eval-split", default=None, help="[val; a held-out 20%% of train when missing]")
+@click.option(
+    "--eval-split",
+    default=None,
+    help="[val, or a held-out 20%% of train when the dataset has no val; a named split must exist]",
+)
 @click.option("--max-train", type=click.IntRange(min=1), default=None)
 @click.option("--max-eval", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
