@@ -60,12 +60,18 @@ def with_bad_member(dataset: Path, out: Path, member: str, data: bytes = b"garba
 
 def pytest_configure(config: pytest.Config) -> None:
     """Hypothesis keeps its example database and constants cache under ./.hypothesis by default
-    (written while tests are collected): inside the checkout. Give it a temporary folder instead."""
+    (written while tests are collected): inside the checkout. Give it a temporary folder instead.
+    Under CI (``CI`` set, as .ci/run does) property tests draw the same examples on every run, so a
+    red build is reproducible; locally they keep drawing new ones."""
+    from hypothesis import settings
     from hypothesis.configuration import set_hypothesis_home_dir
 
     global _HYPOTHESIS_HOME
     _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="datakit-hypothesis-")
     set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
