@@ -204,6 +204,71 @@ def test_multiscale_is_the_weighted_sum_of_levels() -> None:
     assert float(terms.loss) == pytest.approx(slow, abs=1e-5)
 
 
+def test_pixpro_depth_method_composes_levels_with_their_own_heads() -> None:
+    # y = PPM_l(projector_l(C_l)) online, x' = momentum projector_l(C_l) (no PPM), one projector and
+    # one PPM per level, L = sum_l w_l [L_l(y1, x'2) + L_l(y2, x'1)] with depth-aware positives
+    from training.config import TrainConfig, resolve
+    from training.methods import build_method
+
+    gen = torch.Generator().manual_seed(13)
+    b, rule = 2, DepthRule("norm", 0.2, 0.25, "spatial")
+    c1 = random_coords(gen, b)
+    batch = {
+        "view1": torch.randn(b, 3, S, S, generator=gen),
+        "view2": torch.randn(b, 3, S, S, generator=gen),
+        "depth1": random_depth(gen, b),
+        "depth2": random_depth(gen, b),
+        "coords1": c1,
+        "coords2": c1 + 0.05 * torch.randn(b, 4, generator=gen),
+        "periodic": torch.tensor([True, False]),
+    }
+    weights = {"c3": 0.3, "c4": 0.5, "c5": 1.0}
+    cfg = TrainConfig(
+        data="-", out="-", method="pixpro-depth", arch="resnet18", multiscale=True, batch_size=b,
+        steps=5, proj_hidden=16, proj_dim=8, level_weights=tuple(weights.values()),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = build_method(resolve(cfg, num_samples=b))
+    assert len({id(net.projector[lv]) for lv in weights} | {id(net.ppm[lv]) for lv in weights}) == 6
+    with torch.no_grad():  # a momentum projector different from the online one
+        for p in net.projector_m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = net(batch)
+    with torch.no_grad():
+        f = [net.backbone(batch[v]) for v in ("view1", "view2")]
+        fm = [net.backbone_m(batch[v]) for v in ("view1", "view2")]
+        coords, depth, periodic = (c1, batch["coords2"]), (batch["depth1"], batch["depth2"]), batch["periodic"]  # fmt: skip
+        slow = 0.0
+        for lv, wt in weights.items():
+            y = [net.ppm[lv](net.projector[lv](f[v][lv])) for v in (0, 1)]
+            k = [net.projector_m[lv](fm[v][lv]) for v in (0, 1)]
+            for q, o in ((0, 1), (1, 0)):
+                slow += wt * slow_pixpro_direction(
+                    y[q], k[o], coords[q], coords[o], periodic, depth[q], depth[o], rule
+                )
+    assert float(out.loss.detach()) == pytest.approx(slow, abs=1e-5)
+
+
+def test_pixel_propagation_matches_slow_loop() -> None:
+    # y_i = sum_j max(cos(x_i, x_j), 0)^2 g(x_j), g = one conv1x1 whose output is L2-normalised
+    from training.heads import PixelPropagation
+
+    torch.manual_seed(10)
+    ppm = PixelPropagation(5, 2.0).double()
+    x = torch.randn(2, 5, 3, 4, dtype=torch.double)
+    with torch.no_grad():
+        y = ppm(x)
+        weight, bias = ppm.value.weight[:, :, 0, 0], ppm.value.bias
+        for s in range(2):
+            cells = [x[s, :, i // 4, i % 4] for i in range(12)]
+            for i, xi in enumerate(cells):
+                expected = torch.zeros(5, dtype=torch.double)
+                for xj in cells:
+                    g = weight @ xj + bias
+                    expected += max(cos(xi, xj), 0.0) ** 2 * g / g.norm()
+                assert y[s, :, i // 4, i % 4].tolist() == pytest.approx(expected.tolist(), abs=1e-9)
+
+
 def test_cell_depth_is_the_lower_median_of_valid_depth() -> None:
     gen = torch.Generator().manual_seed(4)
     d = random_depth(gen, 2)
@@ -211,6 +276,26 @@ def test_cell_depth_is_the_lower_median_of_valid_depth() -> None:
     for s in range(2):
         assert z[s].tolist() == pytest.approx(slow_cell_depth(d[s, 0], 4, 4, 0.5), abs=0)
     assert (z[:, 0] == 0).all()  # the cell with no valid depth
+
+
+@pytest.mark.parametrize("size,grid", [(10, 3), (20, 6), (64, 7)])
+def test_cell_depth_at_sizes_not_divisible_by_the_grid(size: int, grid: int) -> None:
+    # cell c of n holds exactly the pixels i with c S / n <= i < (c + 1) S / n (views.md geometry):
+    # no pixel duplicated or moved to a neighbour, and min_valid counts the cell's own pixels
+    gen = torch.Generator().manual_seed(9)
+    d = 1 + 9 * torch.rand(2, 1, size, size + 3, generator=gen)
+    d[torch.rand(d.shape, generator=gen) < 0.45] = 0
+    z = losses.cell_depth(d, grid, grid + 1, min_valid=0.5)
+    for s in range(2):
+        expected = []
+        for r in range(grid):
+            rows = [i for i in range(size) if r * size <= i * grid < (r + 1) * size]
+            for c in range(grid + 1):
+                cols = [j for j in range(size + 3) if c * (size + 3) <= j * (grid + 1) < (c + 1) * (size + 3)]  # fmt: skip
+                vals = sorted(float(d[s, 0, i, j]) for i in rows for j in cols if d[s, 0, i, j] > 0)
+                enough = vals and len(vals) >= 0.5 * len(rows) * len(cols)
+                expected.append(vals[(len(vals) - 1) // 2] if enough else 0.0)
+        assert z[s].tolist() == pytest.approx(expected, abs=0)
 
 
 def test_periodic_pairs_wrap_across_the_seam() -> None:
@@ -393,6 +478,125 @@ def test_semantic_weights_are_one_inside_and_scaled_outside() -> None:
     inside = torch.tensor([[True, False, False, False]])
     w = losses.semantic_weights(s, inside)
     assert w[0].tolist() == pytest.approx([1.0, 0.0, 1.0, (0.2 / 0.4) ** 2])
+
+
+def test_pixcon_method_loss_keys_and_gradients_match_slow_loop() -> None:
+    # L = (1 - lambda) L_global + lambda L_dense, each the mean of the two directions; predictors on
+    # the online side only; queues read, not written, by forward; no gradient into momentum modules
+    from training.config import TrainConfig, resolve
+    from training.methods import build_method
+
+    gen = torch.Generator().manual_seed(11)
+    b, tau, lam = 2, 0.2, 0.3
+    c1 = random_coords(gen, b)
+    batch = {
+        "view1": torch.randn(b, 3, S, S, generator=gen),
+        "view2": torch.randn(b, 3, S, S, generator=gen),
+        "coords1": c1,
+        "coords2": c1 + 0.1,
+        "periodic": torch.tensor([False, True]),
+    }
+    cfg = TrainConfig(
+        data="-", out="-", method="pixcon", arch="resnet18", batch_size=b, steps=5, head_hidden=32,
+        pred_hidden=16, queue_size=16, dense_weight=lam, reweight=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = build_method(resolve(cfg, num_samples=b))
+    with torch.no_grad():  # a momentum network different from the online one
+        for p in net.backbone_m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    queues = net.queue_global.queue.clone(), net.queue_dense.queue.clone()
+    out = net(batch)
+    with torch.no_grad():
+        feats = [net.backbone(batch[v])["c5"] for v in ("view1", "view2")]
+        feats_m = [net.backbone_m(batch[v])["c5"] for v in ("view1", "view2")]
+        q_g = [net.global_pred(net.global_head(f)) for f in feats]
+        k_g = [net.global_head_m(f) for f in feats_m]
+        q_d = [net.dense_pred(net.dense_head(f)) for f in feats]
+        k_d = [net.dense_head_m(f) for f in feats_m]
+    loss_g = loss_d = 0.0
+    for a, o in ((0, 1), (1, 0)):
+        loss_g += sum(slow_info_nce(q_g[a][s], k_g[o][s], queues[0], tau) for s in range(b)) / b / 2
+        h, w = feats[a].shape[2:]
+        ces = []
+        for s in range(b):
+            for i in range(h * w):
+                bi = feats[a][s, :, i // w, i % w]
+                sims = [cos(bi, feats_m[o][s, :, j // w, j % w]) for j in range(h * w)]
+                j = max(range(h * w), key=lambda j: sims[j])
+                qi, kj = q_d[a][s, :, i // w, i % w], k_d[o][s, :, j // w, j % w]
+                ces.append(slow_info_nce(qi, kj, queues[1], tau))
+        loss_d += sum(ces) / (len(ces) + 1e-6) / 2
+    assert float(out.metrics["loss_global"]) == pytest.approx(loss_g, abs=1e-4)
+    assert float(out.metrics["loss_dense"]) == pytest.approx(loss_d, abs=1e-4)
+    assert float(out.loss.detach()) == pytest.approx((1 - lam) * loss_g + lam * loss_d, abs=1e-4)
+    # keys for the queues: both views' normalised global keys and mean-pooled dense keys
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(out.keys["global"], unit(torch.cat(k_g), dim=1), atol=1e-6)
+    assert torch.allclose(out.keys["dense"], unit(torch.cat([k.mean((2, 3)) for k in k_d]), dim=1), atol=1e-6)  # fmt: skip
+    out.loss.backward()
+    for m in (net.backbone_m, net.global_head_m, net.dense_head_m):
+        assert all(p.grad is None and not p.requires_grad for p in m.parameters())
+    assert net.global_pred[0].weight.grad is not None and net.dense_pred[0].weight.grad is not None
+    assert torch.equal(net.queue_global.queue, queues[0])
+    assert not out.keys["global"].requires_grad and not out.keys["dense"].requires_grad
+
+
+def test_queue_is_a_fifo_of_the_last_keys() -> None:
+    from training.heads import Queue
+
+    q = Queue(5, 2)
+    q.push(torch.arange(6.0).view(3, 2))
+    q.push(torch.arange(6.0, 14.0).view(4, 2))  # wraps around
+    assert q.queue.tolist() == [[10, 11], [12, 13], [4, 5], [6, 7], [8, 9]] and int(q.ptr) == 2
+    q.push(torch.arange(14.0, 28.0).view(7, 2))  # more than the queue holds: the last 5 stay
+    assert sorted(q.queue[:, 0].tolist()) == [18, 20, 22, 24, 26]
+
+
+# ------------------------------------------------------------------------------- optimisation
+
+
+def test_momentum_and_lr_schedules_follow_the_formulas() -> None:
+    from training.config import TrainConfig, resolve
+    from training.methods import momentum_at
+    from training.optim import lr_at
+
+    for k in (0, 13, 50, 99, 100):
+        assert momentum_at(k, 100, 0.99) == pytest.approx(
+            1 - (1 - 0.99) * (math.cos(math.pi * k / 100) + 1) / 2
+        )
+    assert momentum_at(0, 100) == pytest.approx(0.99) and momentum_at(100, 100) == pytest.approx(1)
+    # linear warmup to lr, then cosine to 0 at `total`
+    lrs = [lr_at(s, lr=2.0, total=10, warmup=4) for s in range(11)]
+    assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert lrs[4:] == pytest.approx([1 + math.cos(math.pi * (s - 4) / 6) for s in range(4, 11)])
+    # lr = base_lr x batch / 256; warmup 5 epochs, at most half the run
+    cfg = resolve(TrainConfig(data="-", out="-", batch_size=128, steps=1000), num_samples=1280)
+    assert cfg.lr == pytest.approx(1.0 * 128 / 256) and cfg.warmup_steps == 50
+    assert resolve(TrainConfig(data="-", out="-", steps=20), num_samples=6400).warmup_steps == 10
+
+
+def test_lars_adapts_weights_only_and_matches_hand_update() -> None:
+    # d = g + wd p; d *= trust ||p|| / ||d||; buf = 0.9 buf + d; p -= lr buf (weights only);
+    # 1-D parameters: plain momentum SGD, no weight decay, no adaptation
+    from training.optim import LARS, param_groups
+
+    torch.manual_seed(12)
+    lin = torch.nn.Linear(4, 3).double()
+    opt = LARS(param_groups(lin, 1e-2), lr=0.5, momentum=0.9, trust=0.001)
+    w, bias = lin.weight.detach().clone(), lin.bias.detach().clone()
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(bias)
+    for _ in range(3):
+        lin.zero_grad()
+        lin(torch.randn(6, 4, dtype=torch.double)).pow(2).sum().backward()
+        assert lin.weight.grad is not None and lin.bias.grad is not None
+        d = lin.weight.grad + 1e-2 * w
+        buf_w = 0.9 * buf_w + d * (0.001 * w.norm() / d.norm())
+        buf_b = 0.9 * buf_b + lin.bias.grad
+        w, bias = w - 0.5 * buf_w, bias - 0.5 * buf_b
+        opt.step()
+        assert torch.allclose(lin.weight, w, atol=1e-12)
+        assert torch.allclose(lin.bias, bias, atol=1e-12)
 
 
 # ------------------------------------------------------------------ losses fall when optimised

@@ -124,19 +124,44 @@ def cell_depth(depth: Tensor, h: int, w: int, *, min_valid: float = 0.25) -> Ten
     is valid.
 
     depth: (B, 1, S, S') physical units, 0 = invalid. Returns (B, h * w) float32. For an even count
-    the lower of the two middle values is taken (torch.median's rule). When S is not a multiple of h
-    the map is first resampled by nearest neighbour (no depth is invented across edges).
+    the lower of the two middle values is taken (torch.median's rule). Cell c of n holds exactly the
+    pixels i with c S / n <= i < (c + 1) S / n (the cell geometry of :func:`cell_centres`), also when
+    S is not a multiple of n: no pixel is duplicated or moved to a neighbouring cell.
     """
     b, _, hh, ww = depth.shape
-    kh, kw = -(-hh // h), -(-ww // w)
-    d = depth.float()
-    if (hh, ww) != (h * kh, w * kw):
-        d = F.interpolate(d, size=(h * kh, w * kw), mode="nearest")
-    cells = d.view(b, h, kh, w, kw).permute(0, 1, 3, 2, 4).reshape(b, h * w, kh * kw)
-    valid = cells > 0
+    d = depth.float()[:, 0]
+    if hh % h == 0 and ww % w == 0:  # equal cells: a view
+        kh, kw = hh // h, ww // w
+        cells = d.view(b, h, kh, w, kw)
+        member = torch.ones((1, h, kh, w, kw), dtype=torch.bool, device=d.device)
+    else:  # cells of floor or ceil(S / n) pixels, padded to the largest
+        rows, row_ok = _cell_pixels(hh, h, d.device)  # (h, kh)
+        cols, col_ok = _cell_pixels(ww, w, d.device)  # (w, kw)
+        kh, kw = rows.shape[1], cols.shape[1]
+        cells = d[:, rows.reshape(-1)][:, :, cols.reshape(-1)].view(b, h, kh, w, kw)
+        member = row_ok.view(1, h, kh, 1, 1) & col_ok.view(1, 1, 1, w, kw)
+    cells = cells.permute(0, 1, 3, 2, 4).reshape(b, h * w, kh * kw)
+    member = member.permute(0, 1, 3, 2, 4).reshape(1, h * w, kh * kw)
+    valid = (cells > 0) & member
     z = torch.nanmedian(torch.where(valid, cells, torch.full_like(cells, float("nan"))), dim=-1)
-    enough = valid.float().mean(-1) >= max(min_valid, EPS)
+    frac = valid.sum(-1) / member.sum(-1).clamp_min(1)
+    enough = frac >= max(min_valid, EPS)
     return torch.where(enough, z.values, torch.zeros_like(z.values))
+
+
+def _cell_pixels(size: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel indices of each of n cells tiling ``size`` pixels, padded to the largest cell.
+
+    Cell c holds the pixels i with c size / n <= i < (c + 1) size / n. Returns (n, k) long indices
+    (padding repeats a valid index) and (n, k) bool, true for the cell's own pixels.
+    """
+    start = [-(-c * size // n) for c in range(n + 1)]  # ceil(c size / n)
+    k = max(max(start[c + 1] - start[c] for c in range(n)), 1)
+    offset = torch.arange(k, device=device)
+    first = torch.tensor(start[:-1], device=device)[:, None]
+    count = torch.tensor([start[c + 1] - start[c] for c in range(n)], device=device)[:, None]
+    idx = (first + offset).clamp_max(size - 1)
+    return idx, offset < count
 
 
 def _norm_minmax(z_q: Tensor, z_k: Tensor) -> tuple[Tensor, Tensor]:
