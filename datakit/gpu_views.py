@@ -312,6 +312,16 @@ def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(hsv)
 
 
+def _reflect_indices(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Source indices of ``-radius .. n - 1 + radius`` under reflect-101 (OpenCV's default border,
+    torch's "reflect"), folded as often as needed: F.pad refuses a radius >= n (views under 7 px)."""
+    i = torch.arange(-radius, n + radius, device=device)
+    if n == 1:
+        return torch.zeros_like(i)
+    m = torch.remainder(i, 2 * (n - 1))
+    return torch.where(m < n, m, 2 * (n - 1) - m)
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = int(np.ceil(3 * float(sigma.max())))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -319,7 +329,8 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (N*3, K)
     n, c, h, w = x.shape
     y = x.reshape(1, n * c, h, w)
-    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = y.index_select(2, _reflect_indices(h, radius, x.device))
+    y = y.index_select(3, _reflect_indices(w, radius, x.device))
     y = F.conv2d(y, k[:, None, :, None], groups=n * c)
     y = F.conv2d(y, k[:, None, None, :], groups=n * c)
     return y.view(n, c, h, w)

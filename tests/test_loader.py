@@ -145,3 +145,60 @@ def test_batch_carries_the_period_of_a_circular_x(synthetic_dataset):
     batch = next(iter(datakit.make_loader(str(synthetic_dataset), 4, views=SMALL, seed=0)))
     assert batch["period"].dtype == torch.float32 and batch["period"].shape == (4,)
     assert torch.allclose(batch["period"], torch.full((4,), 96 / 95))
+
+
+def test_depth_is_the_stored_code_times_depth_scale_at_the_coords(synthetic_dataset):
+    """The shards read with tarfile and OpenCV (not datakit): every depth value of a batch is the
+    16-bit code x depth_scale of the source pixel nearest the position its coords give (docs/views.md:
+    u = x1 + (x2 - x1) c / (S - 1), in pixels u (W - 1)), 0 where that pixel is invalid; labels are
+    the stored ids there. Each batch row matches exactly one source sample."""
+    import json
+    import tarfile
+
+    import cv2
+    import numpy as np
+
+    sources = []
+    for shard in sorted(synthetic_dataset.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        for name in files:
+            if name.endswith(".json"):
+                key = name[: -len(".json")]
+                meta = json.loads(files[name])
+                code, label = (
+                    cv2.imdecode(
+                        np.frombuffer(files[f"{key}.{m}.png"], np.uint8), cv2.IMREAD_UNCHANGED
+                    )
+                    for m in ("depth", "label")
+                )
+                assert code.dtype == np.uint16 and (code == 0).any()
+                sources.append((code.astype(np.float64) * meta["depth_scale"], label))
+    size = 24
+    t = np.arange(size) / (size - 1)
+    eps = 1e-4  # float32 coords: either pixel at a tie
+    matched = []
+    for batch in make_loader(synthetic_dataset, 4, views=ViewConfig(size=size), seed=1):
+        for b in range(batch["view1"].shape[0]):
+            hits = []
+            for i, (depth, label) in enumerate(sources):
+                h, w = depth.shape
+                ok = True
+                for v in (1, 2):
+                    x1, y1, x2, y2 = batch[f"coords{v}"][b].double().numpy()
+                    u, vv = (x1 + (x2 - x1) * t) * (w - 1), (y1 + (y2 - y1) * t) * (h - 1)
+                    got_d = batch[f"depth{v}"][b, 0].double().numpy()
+                    got_l = batch[f"label{v}"][b].numpy()
+                    hit = np.zeros((size, size), bool)
+                    for ex in (-eps, eps):
+                        for ey in (-eps, eps):
+                            nx = np.clip(np.floor(u + 0.5 + ex).astype(int), 0, w - 1)
+                            ny = np.clip(np.floor(vv + 0.5 + ey).astype(int), 0, h - 1)
+                            want_d, want_l = depth[np.ix_(ny, nx)], label[np.ix_(ny, nx)]
+                            hit |= np.isclose(got_d, want_d, rtol=1e-6, atol=0) & (got_l == want_l)
+                    ok &= bool(hit.all())
+                if ok:
+                    hits.append(i)
+            assert len(hits) == 1, hits
+            matched += hits
+    assert sorted(matched) == list(range(len(sources)))

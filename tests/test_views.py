@@ -17,11 +17,13 @@ from datakit.schema import DecodedSample
 from datakit.views import (
     BATCH_KEYS,
     Box,
+    Photometric,
     ViewConfig,
     cell_centres,
     collate_views,
     make_views,
     overlap,
+    sample_box,
     sample_pair,
     view_coords,
 )
@@ -193,6 +195,117 @@ def test_coords_convention_examples():
     assert centres.shape == (2, 7, 7, 2)
     # Cell centres of a flipped view mirror those of the unflipped one.
     torch.testing.assert_close(centres[0, :, :, 0], centres[1, :, :, 0].flip(-1))
+
+
+def test_crop_area_is_uniform_in_scale_aspect_log_uniform_and_flips_at_hflip():
+    # A 1000 x 1000 image and crops of at most 20 % at aspect <= 4: no draw is rejected, so the
+    # area fraction is uniform on [0.05, 0.2] (quartiles 0.0875, 0.125, 0.1625) and log(w / h)
+    # uniform on [-log 4, log 4] (quartiles -log 2, 0, log 2).
+    cfg = ViewConfig(scale=(0.05, 0.2), ratio=(0.25, 4.0), hflip=0.2)
+    rng = np.random.default_rng(0)
+    params = [p for _ in range(2000) for p in sample_pair(rng, 1000, 1000, cfg)]
+    w = np.array([p.box.width for p in params], np.float64)
+    h = np.array([p.box.height for p in params], np.float64)
+    quartiles = [0.25, 0.5, 0.75]
+    np.testing.assert_allclose(
+        np.quantile(w * h / 1e6, quartiles), [0.0875, 0.125, 0.1625], atol=0.01
+    )
+    np.testing.assert_allclose(np.quantile(np.log(w / h), quartiles), [-0.693, 0, 0.693], atol=0.08)
+    assert 0.17 < np.mean([p.flip for p in params]) < 0.23
+    never = ViewConfig(hflip=0.0)
+    assert not any(p.flip for _ in range(50) for p in sample_pair(rng, 100, 100, never))
+
+
+def test_crop_fallback_is_the_centred_image_clipped_to_the_ratio():
+    # Every draw rejected (crops wider or taller than the image): torchvision's fallback, by hand.
+    rng = np.random.default_rng(0)
+    wide = ViewConfig(scale=(0.9, 1.0), ratio=(10.0, 10.0))
+    tall = ViewConfig(scale=(0.9, 1.0), ratio=(0.1, 0.1))
+    assert sample_box(rng, 100, 100, wide) == Box(0, 45, 100, 10)
+    assert sample_box(rng, 100, 100, tall) == Box(45, 0, 10, 100)
+    # 200 x 100 at full area: every aspect in 3/4..4/3 needs h > 100; in_ratio 2 > 4/3 -> 133 x 100.
+    assert sample_box(rng, 100, 200, ViewConfig(scale=(1.0, 1.0))) == Box(33, 0, 133, 100)
+
+
+def test_cpu_colour_ops_follow_torchvision_on_pil_images():
+    """Each op of photometric.py against torchvision's functionals on PIL images: within one level
+    (uint8 rounding); hue on pure colours (a wrong sign or scale is off by 100+ levels)."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    from datakit.photometric import adjust_hue, apply_photometric
+
+    rgb = np.random.default_rng(0).integers(0, 256, (31, 45, 3), dtype=np.uint8)
+    pil = Image.fromarray(rgb)
+    cases = [
+        (Photometric(jitter=True, brightness=1.3, order=(0,)), TF.adjust_brightness, 1.3),
+        (Photometric(jitter=True, brightness=0.6, order=(0,)), TF.adjust_brightness, 0.6),
+        (Photometric(jitter=True, contrast=1.4, order=(1,)), TF.adjust_contrast, 1.4),
+        (Photometric(jitter=True, contrast=0.6, order=(1,)), TF.adjust_contrast, 0.6),
+        (Photometric(jitter=True, saturation=1.2, order=(2,)), TF.adjust_saturation, 1.2),
+        (Photometric(jitter=True, saturation=0.0, order=(2,)), TF.adjust_saturation, 0.0),
+        (Photometric(grayscale=True), lambda im, _: TF.rgb_to_grayscale(im, 3), None),
+        (Photometric(solarize=True), TF.solarize, 128),
+    ]
+    for params, reference, arg in cases:
+        ours = apply_photometric(rgb, params).astype(int)
+        theirs = np.asarray(reference(pil, arg)).astype(int)
+        assert np.abs(ours - theirs).max() <= 1, params
+    pure = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]]], np.uint8)
+    for shift in (0.1, -0.1, 1 / 3, -0.25):
+        ours = adjust_hue(pure, shift).astype(int)
+        theirs = np.asarray(TF.adjust_hue(Image.fromarray(pure), shift)).astype(int)
+        # Within two hue steps of 1/256 turn (6 levels each on a pure colour): OpenCV rounds hues
+        # and the shift, PIL truncates them.
+        assert np.abs(ours - theirs).max() <= 13, (shift, ours, theirs)
+    # Blur: a Gaussian of the given sigma in output pixels (interior, where no border is involved).
+    for sigma in (0.5, 1.5):
+        ours = apply_photometric(rgb, Photometric(blur_sigma=sigma)).astype(int)
+        k = int(2 * np.ceil(3 * sigma) + 1)
+        chw = torch.from_numpy(rgb).permute(2, 0, 1)
+        theirs = TF.gaussian_blur(chw, [k, k], [sigma, sigma]).permute(1, 2, 0).numpy().astype(int)
+        assert np.abs(ours - theirs)[k:-k, k:-k].max() <= 1
+
+
+def test_views_are_normalised_by_255_mean_and_std():
+    # A flat colour survives crop, resize and flip exactly; normalisation by hand (ImageNet numbers).
+    sample = coded_sample(40, 30)
+    sample.rgb[:] = (0, 128, 255)
+    cfg = ViewConfig(size=8, photometric=False)
+    batch = collate_views([make_views(sample, cfg, 0)], cfg)
+    expected = [
+        (0 / 255 - 0.485) / 0.229,
+        (128 / 255 - 0.456) / 0.224,
+        (255 / 255 - 0.406) / 0.225,
+    ]
+    for key in ("view1", "view2"):
+        got = batch[key][0].reshape(3, -1)
+        torch.testing.assert_close(
+            got, torch.tensor(expected).view(3, 1).expand_as(got), rtol=0, atol=1e-5
+        )
+
+
+def test_gpu_blur_of_views_smaller_than_its_kernel():
+    """sigma 2 has a radius-6 kernel: on views under 7 px the GPU path's reflect border must fold
+    over and over as OpenCV's (and numpy's) does; F.pad(mode="reflect") refused it and crashed."""
+    from datakit.gpu_views import _gaussian_blur
+
+    rng = np.random.default_rng(0)
+    for s in (2, 3, 4, 6, 9):
+        x = rng.random((3, s, s)).astype(np.float32)
+        sigma, radius = 2.0, 6
+        t = np.arange(-radius, radius + 1)
+        k = np.exp(-0.5 * (t / sigma) ** 2)
+        k /= k.sum()
+        padded = np.pad(x, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
+        rows = sum(k[i] * padded[:, i : i + s, :] for i in range(2 * radius + 1))
+        ref = sum(k[i] * rows[:, :, i : i + s] for i in range(2 * radius + 1))
+        got = _gaussian_blur(torch.from_numpy(x)[None], torch.tensor([sigma]))[0]
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
+    cfg = ViewConfig(size=4, blur_p=(1.0, 1.0), blur_sigma=(2.0, 2.0))
+    enc = [encode_decoded(coded_sample(64, 48), cfg, np.random.default_rng(0))]
+    out = GpuViews(cfg, "cpu")(collate_encoded(enc, cfg))
+    assert out["view1"].shape == (1, 3, 4, 4) and torch.isfinite(out["view1"]).all()
 
 
 @given(seed=st.integers(0, 2**31))
