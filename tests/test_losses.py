@@ -35,6 +35,25 @@ def random_depth(gen: torch.Generator, b: int, invalid: float = 0.3) -> torch.Te
     return d
 
 
+def random_batch(
+    gen: torch.Generator, b: int, periodic: list[bool], jitter: float | None = None
+) -> dict[str, torch.Tensor]:
+    """A SPEC 4 batch of noise views with depth; view 2's crop is view 1's shifted by 0.05 (or by
+    ``jitter`` x normal noise per coordinate)."""
+    c1 = random_coords(gen, b)
+    batch = {
+        "view1": torch.randn(b, 3, S, S, generator=gen),
+        "view2": torch.randn(b, 3, S, S, generator=gen),
+        "depth1": random_depth(gen, b),
+        "depth2": random_depth(gen, b),
+        "coords1": c1,
+        "periodic": torch.tensor(periodic),
+    }
+    shift = 0.05 if jitter is None else jitter * torch.randn(b, 4, generator=gen)
+    batch["coords2"] = c1 + shift
+    return batch
+
+
 # --------------------------------------------------------------------------- slow references
 
 
@@ -212,16 +231,7 @@ def test_pixpro_depth_method_composes_levels_with_their_own_heads() -> None:
 
     gen = torch.Generator().manual_seed(13)
     b, rule = 2, DepthRule("norm", 0.2, 0.25, "spatial")
-    c1 = random_coords(gen, b)
-    batch = {
-        "view1": torch.randn(b, 3, S, S, generator=gen),
-        "view2": torch.randn(b, 3, S, S, generator=gen),
-        "depth1": random_depth(gen, b),
-        "depth2": random_depth(gen, b),
-        "coords1": c1,
-        "coords2": c1 + 0.05 * torch.randn(b, 4, generator=gen),
-        "periodic": torch.tensor([True, False]),
-    }
+    batch = random_batch(gen, b, [True, False], jitter=0.05)
     weights = {"c3": 0.3, "c4": 0.5, "c5": 1.0}
     cfg = TrainConfig(
         data="-", out="-", method="pixpro-depth", arch="resnet18", multiscale=True, batch_size=b,
@@ -237,7 +247,7 @@ def test_pixpro_depth_method_composes_levels_with_their_own_heads() -> None:
     with torch.no_grad():
         f = [net.backbone(batch[v]) for v in ("view1", "view2")]
         fm = [net.backbone_m(batch[v]) for v in ("view1", "view2")]
-        coords, depth, periodic = (c1, batch["coords2"]), (batch["depth1"], batch["depth2"]), batch["periodic"]  # fmt: skip
+        coords, depth, periodic = (batch["coords1"], batch["coords2"]), (batch["depth1"], batch["depth2"]), batch["periodic"]  # fmt: skip
         slow = 0.0
         for lv, wt in weights.items():
             y = [net.ppm[lv](net.projector[lv](f[v][lv])) for v in (0, 1)]
@@ -613,16 +623,7 @@ def test_each_method_loss_falls_over_20_steps(method: str, optimizer: str, lr: f
 
     gen = torch.Generator().manual_seed(0)
     b = 4
-    c1 = random_coords(gen, b)
-    batch = {
-        "view1": torch.randn(b, 3, S, S, generator=gen),
-        "view2": torch.randn(b, 3, S, S, generator=gen),
-        "depth1": random_depth(gen, b),
-        "depth2": random_depth(gen, b),
-        "coords1": c1,
-        "coords2": c1 + 0.05,
-        "periodic": torch.tensor([True, False, False, False]),
-    }
+    batch = random_batch(gen, b, [True, False, False, False])
     cfg = TrainConfig(
         data="-", out="-", method=method, arch="resnet18", multiscale=method == "pixpro-depth",
         optimizer=optimizer, lr=lr, batch_size=b, steps=20, proj_hidden=256, head_hidden=256, queue_size=64,
