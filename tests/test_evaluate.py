@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,20 @@ def test_cli_eval(synthetic_dataset: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, [*args, "--checkpoint", str(tmp_path / "none.pt")])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
     assert "Traceback" not in r.output
+
+
+def test_eval_when_every_train_shard_is_skipped(synthetic_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    for shard in data.glob("train-*.tar"):
+        shard.unlink()
+    args = ["--on-shard-error", "skip", "eval", "--data", str(data), "--random-init"]
+    r = CliRunner().invoke(main, [*args, "--arch", "resnet18", "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert (
+        r.output.strip().splitlines()[-1] == f"Error: {data}: no readable sample in split 'train'"
+    )
+    assert not (tmp_path / "e.json").exists()
 
 
 @pytest.mark.slow

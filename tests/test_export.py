@@ -100,6 +100,11 @@ def test_export_rejects_what_is_not_a_checkpoint(tmp_path: Path) -> None:
         main, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "o.pth")]
     )
     assert res.exit_code != 0 and "Traceback" not in res.output
+    text = tmp_path / "config.yaml"  # not a torch file at all: torch's own message runs to pages
+    text.write_text("method: pixpro\nsteps: 10\n")
+    res = CliRunner().invoke(main, ["export", str(text), str(tmp_path / "o.pth")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"{text}: not a readable checkpoint" in res.output
 
 
 def test_weights_of_another_arch_are_refused(tmp_path: Path) -> None:

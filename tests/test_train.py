@@ -285,6 +285,7 @@ def test_torchrun_two_ranks_read_disjoint_shards(synthetic_dataset: Path, tmp_pa
     assert state["step"] == 5 and len(state["data"]) == 2
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5]
     assert all(r["samples_per_s"] > 0 for r in records(run))
+    assert proc.stdout.count(": 5 steps, loss ") == 1, proc.stdout  # rank 0's summary only
 
 
 def test_train_streams_from_s3(

@@ -84,7 +84,9 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means a bad file for the user
-        raise DatakitError(f"{path}: not a readable {what} ({exc})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0][:200] if lines else type(exc).__name__  # torch's own text runs to pages
+        raise DatakitError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def load(path: str | Path) -> dict[str, Any]:

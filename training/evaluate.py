@@ -251,7 +251,10 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         )
     named = cfg.eval_split or DEFAULT_EVAL_SPLIT
     holdout = named not in ds.info.splits
-    first = ds.take(1, cfg.train_split)[0]
+    taken = ds.take(1, cfg.train_split)
+    if not taken:  # every shard of the split skipped as unreadable (--on-shard-error skip)
+        raise DatakitError(f"{redact(cfg.data)}: no readable sample in split {cfg.train_split!r}")
+    first = taken[0]
     size = eval_size(first.rgb.shape[0], first.rgb.shape[1], cfg.image_size)
 
     def keep_train(key: str) -> bool:

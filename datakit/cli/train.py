@@ -79,9 +79,10 @@ def train(
         overrides=overrides,
     )
     result = run_train(cfg)
-    click.echo(
-        f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> {result.checkpoint}"
-    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
+        click.echo(
+            f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> {result.checkpoint}"
+        )
 
 
 @click.command()
@@ -147,7 +148,7 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
 @click.option(
     "--eval-split",
     default=None,
-    help="[val, or a held-out 20%% of train when the dataset has no val; a named split must exist]",
+    help="[val, or a held-out 20% of train when the dataset has no val; a named split must exist]",
 )
 @click.option("--max-train", type=click.IntRange(min=1), default=None)
 @click.option("--max-eval", type=click.IntRange(min=1), default=None)
