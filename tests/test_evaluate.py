@@ -239,7 +239,11 @@ def test_cli_eval(synthetic_dataset: Path, tmp_path: Path) -> None:
     assert "Traceback" not in r.output
 
 
-def test_eval_when_every_train_shard_is_skipped(synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_eval_when_every_train_shard_is_skipped(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --on-shard-error sets DATAKIT_ON_SHARD_ERROR for loader workers: undo it after this test
+    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "fail")
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset, data)
     for shard in data.glob("train-*.tar"):
