@@ -3,15 +3,15 @@ ids mean (``scannetv2-labels.combined.tsv`` -> nyu40 -> the 20 benchmark classes
 
 Source layout (SRC)::
 
-    SRC/scans/sceneXXXX_XX/sceneXXXX_XX.sens                 the raw scan (preferred when present)
-    SRC/scans/sceneXXXX_XX/sceneXXXX_XX_2d-label-filt.zip    with --labels (label-filt/N.png)
-    SRC/scans/sceneXXXX_XX/{color/N.jpg, depth/N.png, pose/N.txt, intrinsic/intrinsic_color.txt}
-                                                             exported layout, when there is no .sens
-    SRC/scans_test/...                                       test scans (split "test")
-    SRC/scannetv2_{train,val,test}.txt                       official splits (optional)
-    SRC/scannetv2-labels.combined.tsv                        label map (needed for --labels)
+    SRC/scans/SCENE/SCENE.sens                 the raw scan (preferred when present)
+    SRC/scans/SCENE/SCENE_2d-label-filt.zip    with --labels (label-filt/N.png)
+    SRC/scans/SCENE/{color/N.jpg, depth/N.png, pose/N.txt, intrinsic/intrinsic_color.txt}
+                                               exported layout, when there is no .sens
+    SRC/scans_test/...                         test scans (split "test")
+    SRC/scannetv2_{train,val,test}.txt         official splits (optional)
+    SRC/scannetv2-labels.combined.tsv          label map (needed for --labels)
 
-SRC may also hold the scene folders directly, or be one scene folder.
+SCENE is a scan name such as scene0000_00. SRC may also hold the scene folders directly, or be one scene folder.
 """
 
 from __future__ import annotations
