@@ -11,7 +11,8 @@ Source layout (SRC)::
     SRC/scannetv2_{train,val,test}.txt         official splits (optional)
     SRC/scannetv2-labels.combined.tsv          label map (needed for --labels)
 
-SCENE is a scan name such as scene0000_00. SRC may also hold the scene folders directly, or be one scene folder.
+SCENE is a scan name such as scene0000_00. SRC may also hold the scene folders directly, or be
+one scene folder.
 """
 
 from __future__ import annotations
