@@ -25,7 +25,7 @@ import numpy as np
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
 from converters.imaging import resize_nearest, resize_rgb
 from datakit.errors import SourceError, UsageError
-from datakit.schema import Sample
+from datakit.schema import Sample, labels_outside
 
 MAX_CODE = 65535
 PAIRS_PER_UNIT = 64
@@ -400,12 +400,9 @@ def _same_size(arr: np.ndarray, path: str, rgb_path: str, hw: tuple[int, int]) -
 
 def _check_label_values(label: np.ndarray, path: str, num_classes: int, ignore: int) -> None:
     """Every value a class id (0..num_classes-1) or ``ignore``; no range without --classes."""
-    if not num_classes:
-        return
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != ignore)]
-    if bad.size:
-        listed = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+    bad = labels_outside(label, num_classes, ignore)
+    if bad:
+        listed = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise SourceError(
             path,
             f"label value(s) {listed} outside the {num_classes} classes of --classes "

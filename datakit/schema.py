@@ -252,6 +252,15 @@ def validate(sample: Sample) -> None:
     validate_meta(sample.meta, key=sample.key, width=w, height=h)
 
 
+def labels_outside(label: np.ndarray, num_classes: int, ignore_index: int) -> list[int]:
+    """The label values that are neither a class id (0..num_classes-1) nor ``ignore_index``, sorted;
+    none when the class list is empty (classes not named: no range to check against)."""
+    if not num_classes:
+        return []
+    values = np.unique(label)
+    return values[(values >= num_classes) & (values != ignore_index)].tolist()
+
+
 def validate_meta(meta: Mapping[str, Any], *, key: str, width: int, height: int) -> None:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:

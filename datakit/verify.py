@@ -129,13 +129,11 @@ def check_sample(
     ):
         return f"{key}: depth_scale {s.meta['depth_scale']} differs from the manifest's {depth['scale']}"
     labels = info.labels
-    # An empty class list means "not named" (folder without --classes): no range to check against.
-    if s.label is not None and labels is not None and labels["classes"]:
+    if s.label is not None and labels is not None:
         n, ignore = len(labels["classes"]), int(labels["ignore_index"])
-        values = np.unique(s.label)
-        bad = values[(values >= n) & (values != ignore)]
-        if bad.size:
-            return f"{key}: label values {bad[:5].tolist()} outside 0..{n - 1} and ignore {ignore}"
+        bad = schema.labels_outside(s.label, n, ignore)
+        if bad:
+            return f"{key}: label values {bad[:5]} outside 0..{n - 1} and ignore {ignore}"
     return None
 
 
