@@ -30,6 +30,11 @@ def shard_name(split: str, index: int, part: int | None = None) -> str:
     return f"{split}-p{part:03d}-{index:06d}.tar"
 
 
+def errors_name(part: int | None) -> str:
+    """The error log a run (or part ``part`` of a parallel conversion) writes."""
+    return ERRORS_NAME if part is None else f"errors.p{part:03d}.jsonl"
+
+
 def part_manifest_name(part: int) -> str:
     return f"{PARTS_DIR}/part-{part:03d}.json"
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from datakit.errors import DatakitError, UsageError
-from datakit.manifest import ERRORS_NAME, INFO_NAME, PARTS_DIR, SHARD_NAME
+from datakit.manifest import ERRORS_NAME, INFO_NAME, PARTS_DIR, SHARD_NAME, errors_name
 from datakit.storage import Location
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def prepare_output(
             return False
         if part_prefix is None:
             return True
-        return part_prefix in name or name == prog_name or name == f"errors.p{cfg.part:03d}.jsonl"
+        return part_prefix in name or name == prog_name or name == errors_name(cfg.part)
 
     complete = loc.exists(final_name)
     if cfg.mode == "overwrite":

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import tarfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,12 +29,12 @@ from typing import IO, Any
 from datakit import __version__, schema
 from datakit.errors import DatakitError, SampleError, UsageError
 from datakit.manifest import (
-    ERRORS_NAME,
     INFO_NAME,
     DepthStats,
     ShardEntry,
     build_info,
     dumps,
+    errors_name,
     part_manifest_name,
     shard_name,
 )
@@ -44,6 +44,7 @@ from datakit.urls import check_writable
 
 ON_ERROR = ("fail", "skip")
 MODES = ("new", "resume", "overwrite")
+SKIP_LINES_PER_SOURCE = 3  # console lines per source and unit; the error log keeps every one
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     try:
         results = iter_unit_results(converter, units[start_unit:], cfg)
         for u, items in enumerate(results, start=start_unit):
+            shown: Counter[str] = Counter()  # skip lines printed per source in this unit
             for i, item in enumerate(items):
                 if u == start_unit and i < start_offset:
                     continue
@@ -394,7 +396,9 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                     if cfg.on_error == "fail" and not item.expected:
                         raise DatakitError(f"{item.source}: {item.reason}")
                     pending_errors.append(item.to_json())
-                    bar.write(f"skipped {item.source}: {item.reason}")
+                    shown[item.source] += 1
+                    if shown[item.source] <= SKIP_LINES_PER_SOURCE:
+                        bar.write(f"skipped {item.source}: {item.reason}")
                     continue
                 if item.key in seen_keys:
                     raise SampleError(f"duplicate sample key {item.key!r}")
@@ -412,6 +416,12 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                 shard.add(item)
                 shard_depth = shard_depth.merge(item.depth)
                 n_samples += 1
+            for src, n in shown.items():
+                if n > SKIP_LINES_PER_SOURCE:
+                    bar.write(
+                        f"skipped {n - SKIP_LINES_PER_SOURCE} more from {src} "
+                        f"(each is listed in {errors_name(cfg.part)})"
+                    )
             elapsed = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
                 samples=n_samples,
@@ -433,7 +443,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     entries = [ShardEntry.from_json(s) for s in progress.shards]
     errors_log = None
     if errors:
-        errors_log = ERRORS_NAME if cfg.part is None else f"errors.p{cfg.part:03d}.jsonl"
+        errors_log = errors_name(cfg.part)
         loc.write_bytes(
             errors_log, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in errors)
         )

@@ -234,3 +234,26 @@ def test_rgb_png_option(tmp_path):
     np.testing.assert_array_equal(
         s.rgb, render_sample(SyntheticConfig(size=(32, 24)), "train", 0).rgb
     )
+
+
+def test_info_aligns_split_names_of_any_length(tmp_path):
+    """`info` reads only the manifest: one written by build_info with a short and a long split
+    name prints their counts in one column."""
+    from datakit.manifest import DepthStats, ShardEntry, build_info, dumps
+
+    shards = [
+        ShardEntry("train-000000.tar", "train", 12, 4096, "0" * 64),
+        ShardEntry("validation_long-000000.tar", "validation_long", 3, 2048, "1" * 64),
+    ]
+    info = build_info(
+        name="x", source="folder", created_by="test", args={}, shards=shards, depth_unit="m",
+        depth_scale=0.001, depth_stats=DepthStats(), labels=None, skipped=0, errors_log=None,
+    )  # fmt: skip
+    (tmp_path / "_info.json").write_bytes(dumps(info))
+    res = run("info", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rows = [
+        ln for ln in res.output.splitlines() if ln.startswith(("  train ", "  validation_long "))
+    ]
+    assert len(rows) == 2, res.output
+    assert rows[0].index(" samples") == rows[1].index(" samples"), res.output

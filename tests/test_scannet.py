@@ -306,6 +306,35 @@ def test_cli_truncated_sens_skip_counts_frames(tmp_path: Path, spec: fx.SensSpec
     assert not (tmp_path / "f" / "_info.json").exists()
 
 
+def test_cli_deep_truncation_prints_a_few_lines_and_logs_every_frame(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    from click.testing import CliRunner
+
+    from datakit.cli import main
+    from datakit.writer import SKIP_LINES_PER_SOURCE
+
+    sens = _scene(tmp_path / "src", spec) / "scene0001_00.sens"
+    with SensReader(sens) as r:
+        off1 = r.read_frame(1).offset
+    sens.write_bytes(sens.read_bytes()[: off1 + 200])  # frames 1..10 lost, one unit
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main,
+        ["convert", "scannet", str(tmp_path / "src"), str(out), "--frame-skip", "1"]
+        + ["--size", "80x60", "--no-progress", "--on-error", "skip"],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("skipped ")]
+    assert len(lines) == SKIP_LINES_PER_SOURCE + 1
+    assert f"frame 1 at byte {off1}" in lines[0]
+    assert lines[-1] == (
+        f"skipped {10 - SKIP_LINES_PER_SOURCE} more from {sens} (each is listed in errors.jsonl)"
+    )
+    log = (out / "errors.jsonl").read_text().splitlines()
+    assert len(log) == 10 == json.loads((out / "_info.json").read_text())["errors"]["skipped"]
+
+
 def test_implausible_header_sizes_are_errors_naming_the_file(
     tmp_path: Path, spec: fx.SensSpec
 ) -> None:

@@ -216,9 +216,11 @@ def info(dataset: str, as_json: bool) -> None:
     click.echo(
         f"samples   {inf.num_samples()} in {len(inf.shards)} shards, {_human(inf.total_bytes())}"
     )
+    width = max((len(s) for s in inf.splits), default=0)
     for split in inf.splits:
         click.echo(
-            f"  {split:<8} {inf.num_samples(split):>8} samples  {len(inf.shards_of(split)):>5} shards  "
+            f"  {split:<{max(width, 8)}} {inf.num_samples(split):>8} samples  "
+            f"{len(inf.shards_of(split)):>5} shards  "
             f"{_human(inf.total_bytes(split))}"
         )
     d = inf.depth
