@@ -10,6 +10,11 @@ the online predictions ``q`` and of the momentum keys ``k``; 1 is a collapse). N
 - ``filled``: the same queue, but only the slots that already hold a real key count;
 - ``batch``: no queue, the other images' keys of the current step (both views).
 
+``--split-bn N`` emulates MoCo's shuffle BN on one device (as MoCo's single-GPU demo does): every
+BatchNorm of both backbones takes its statistics over N interleaved groups of the batch, and the
+momentum backbone sees the batch shuffled, so a query and its positive key are normalised among
+different images. It tests whether BatchNorm's intra-batch leak drives the collapse (it does not).
+
     python bench/pixcon_negatives.py --data DATASET [--steps 40] [--lr 0.6] [--queue 4096]
 
 docs/results.md (section 1) has the table and the command that produced it.
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,6 +56,51 @@ def negatives_logits(q: Tensor, keys: Tensor, own: int, negs: Tensor | None) -> 
     mask[rows, rows] = True
     mask[rows, rows + own] = True
     return sim[~mask].view(own, -1)
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken over ``splits`` interleaved groups of the
+    batch (images i, i + splits, ...); the running statistics are the groups' mean."""
+
+    def __init__(self, bn: nn.BatchNorm2d, splits: int) -> None:
+        super().__init__(bn.num_features, eps=bn.eps, momentum=bn.momentum)
+        self.load_state_dict(bn.state_dict())
+        self.weight.requires_grad_(bn.weight.requires_grad)
+        self.bias.requires_grad_(bn.bias.requires_grad)
+        self.splits = splits
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        s = self.splits
+        assert self.running_mean is not None and self.running_var is not None
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        out = F.batch_norm(
+            x.reshape(n // s, c * s, h, w), mean, var, self.weight.repeat(s),
+            self.bias.repeat(s), True, self.momentum or 0.1, self.eps,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+        return out.reshape(n, c, h, w)
+
+
+def split_bn(module: nn.Module, splits: int) -> None:
+    """Replace every BatchNorm2d under ``module`` by a :class:`SplitBatchNorm`."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            setattr(module, name, SplitBatchNorm(child, splits))
+        else:
+            split_bn(child, splits)
+
+
+def shuffled(backbone: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """``backbone(x)`` computed on a random permutation of the batch, returned in batch order."""
+    perm = torch.randperm(len(x))
+    out = backbone(x[perm])
+    inv = torch.argsort(perm)
+    return {k: v[inv] for k, v in out.items()}
 
 
 def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int | str]]:
@@ -79,7 +129,16 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
     cfg = resolve(cfg, num_samples=split_size(dataset, cfg.split))
     net = build_method(cfg)
     assert isinstance(net, PixCon)
+    if args.split_bn > 1:
+        if args.batch_size % args.split_bn:
+            raise SystemExit("--split-bn must divide --batch-size")
+        split_bn(net.backbone, args.split_bn)
+        split_bn(net.backbone_m, args.split_bn)
     net.train()
+
+    def key_c5(v: Tensor) -> Tensor:
+        return (shuffled(net.backbone_m, v) if args.split_bn > 1 else net.backbone_m(v))["c5"]
+
     optimizer = build_optimizer(net, cfg)
     stream = BatchStream(dataset, cfg, per_rank=cfg.batch_size, position={"epoch": 0, "batch": 0})
     queue = net.queue_global
@@ -98,7 +157,7 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
                 for v in views
             ]
             with torch.no_grad():
-                k = [F.normalize(net.global_head_m(net.backbone_m(v)["c5"]), dim=1) for v in views]
+                k = [F.normalize(net.global_head_m(key_c5(v)), dim=1) for v in views]
             keys = torch.cat(k)
             if negatives == "queue":
                 negs: Tensor | None = queue.queue
@@ -155,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=10, help="print a row every N steps")
+    ap.add_argument(
+        "--split-bn",
+        type=int,
+        default=1,
+        metavar="N",
+        help="MoCo's shuffle BN on one device: BN statistics over N groups, keys on a shuffled batch",
+    )
     ap.add_argument("--out", type=Path, help="also write all rows to this JSON file")
     args = ap.parse_args(argv)
     rows = [r for neg in args.negatives for r in run(args, neg)]

@@ -1,0 +1,47 @@
+"""Helpers of the investigation scripts in bench/ that the results rest on."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.pixcon_negatives import SplitBatchNorm, shuffled, split_bn
+
+
+def test_split_batchnorm_normalises_each_interleaved_group_on_its_own() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(8, 3, 4, 5) * torch.arange(1, 9).view(8, 1, 1, 1)  # groups differ in scale
+    split = SplitBatchNorm(bn, 2)
+    out = split(x)
+    for g in (0, 1):
+        part = x[g::2]  # images g, g + 2, ...
+        mean = part.mean((0, 2, 3), keepdim=True)
+        var = part.var((0, 2, 3), unbiased=False, keepdim=True)
+        want = (part - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 3, 1, 1)
+        torch.testing.assert_close(out[g::2], want + bn.bias.view(1, 3, 1, 1))
+    # running statistics: the mean over groups of what BatchNorm would track for each group
+    momentum = bn.momentum or 0.1
+    unbiased = torch.stack([x[g::2].var((0, 2, 3)) for g in (0, 1)]).mean(0)
+    means = torch.stack([x[g::2].mean((0, 2, 3)) for g in (0, 1)]).mean(0)
+    torch.testing.assert_close(split.running_mean, momentum * means)
+    torch.testing.assert_close(split.running_var, (1 - momentum) + momentum * unbiased)
+    split.eval()  # eval mode: the running statistics, as BatchNorm2d
+    bn.load_state_dict(split.state_dict())
+    bn.eval()
+    torch.testing.assert_close(split(x), bn(x))
+
+
+def test_split_bn_replaces_every_batchnorm_and_shuffled_restores_order() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    split_bn(net, 4)
+    assert [type(m) for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [
+        SplitBatchNorm,
+        SplitBatchNorm,
+    ]
+    net.eval()  # per-sample outputs do not depend on the batch order in eval mode
+    x = torch.randn(8, 3, 2, 2)
+    torch.testing.assert_close(shuffled(lambda v: {"c5": net(v)}, x)["c5"], net(x))
