@@ -35,6 +35,7 @@ from converters.scannet_layout import (
 )
 from converters.sens import SensHeader, SensReader, SensTruncated
 from datakit.errors import SourceError
+from datakit.jpeg import jpeg_header
 from datakit.schema import Sample
 
 DEPTH_SCALE_M = 0.001  # stored depth codes are millimetres
@@ -363,21 +364,8 @@ def decode_depth(blob: bytes, header: SensHeader) -> np.ndarray | str:
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(W, H) from a JPEG's SOF marker without decoding; None when there is none."""
-    i = 2
-    n = len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
-                data[i + 5 : i + 7], "big"
-            )
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
+    head = jpeg_header(data)
+    return None if head is None else head[:2]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ same coords and the same geometry. Colour ops follow torchvision's tensor semant
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -400,8 +401,12 @@ class GpuViews:
 
         with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec; same nvJPEG
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import decode_jpeg
+            from torchvision.io import ImageReadMode
+            from torchvision.io import decode_jpeg as _decode_jpeg
 
+        # RGB whatever the JPEG holds (a grayscale JPEG is replicated to 3 channels, as OpenCV's
+        # colour decode does on the CPU path)
+        decode_jpeg = functools.partial(_decode_jpeg, mode=ImageReadMode.RGB)
         sizes = batch["jpeg_sizes"].tolist()
         jpegs = list(torch.split(batch["jpeg_data"], [n for n in sizes if n > 0]))
         if jpegs and self._decode_stream is not None:

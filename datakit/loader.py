@@ -17,6 +17,7 @@ import numpy as np
 
 from datakit import schema
 from datakit.errors import SampleError, UsageError
+from datakit.jpeg import jpeg_header
 from datakit.reader import Dataset, open_dataset, pipeline
 from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
 
@@ -51,14 +52,17 @@ def _decode_for_views(
 ) -> tuple[schema.DecodedSample, bytes | None]:
     key = sample["__key__"]
     decoded: dict[str, Any] = {}
-    jpeg = None
+    jpeg, jpeg_hw = None, (0, 0)
     for ext, data in sample.items():
         f = schema.EXTENSION_TO_FIELD.get(ext)
         if f is None or (f.name == "label" and not labels) or (f.name == "depth" and not depth):
             continue
         try:
             if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
-                jpeg = data
+                head = jpeg_header(data)
+                if head is None:
+                    raise SampleError("not a JPEG (no frame header)")
+                jpeg, jpeg_hw = data, (head[1], head[0])
                 continue
             decoded[f.name] = schema.CODECS[ext].decode(data)
         except (SampleError, ValueError) as exc:
@@ -67,7 +71,7 @@ def _decode_for_views(
         raise SampleError(f"{key}: missing rgb or metadata member")
     meta = decoded["meta"]
     image = decoded.get("rgb")
-    h, w = image.shape[:2] if image is not None else (int(meta["height"]), int(meta["width"]))
+    h, w = image.shape[:2] if image is not None else jpeg_hw  # a JPEG's size from its header
     schema.validate_meta(meta, key=key, width=w, height=h)
     raw = decoded.get("depth")
     for name in _GRAY_FIELDS:

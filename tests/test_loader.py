@@ -134,6 +134,50 @@ def test_gpu_path_workers_and_kernels_on_cpu_torch(synthetic_dataset):
     check_gpu_path(synthetic_dataset, "cpu")
 
 
+def test_gpu_path_checks_a_jpeg_against_the_metadata_before_decoding(synthetic_dataset, tmp_path):
+    """The GPU path leaves JPEGs encoded in the workers; their size is read from the frame header
+    and checked against the metadata there (the CPU path checks the decoded image), and bytes with
+    no frame header are refused, both with the shard and member named on one line."""
+    import cv2
+    import numpy as np
+
+    small = cv2.imencode(".jpg", np.zeros((24, 32, 3), np.uint8))[1].tobytes()  # meta: 96x72
+    cases = {"wrong_size": (small, "metadata says 96x72, image is 32x24"),
+             "not_jpeg": (b"\xff\xd8garbage", "train_000001.rgb.jpg: not a JPEG (no frame header)")}  # fmt: skip
+    for name, (data, message) in cases.items():
+        shard = with_bad_member(synthetic_dataset, tmp_path / name, "train_000001.rgb.jpg", data)
+        for workers in (0, 1):
+            loader = make_loader(
+                tmp_path / name, 4, views=SMALL, shuffle=False, device="cuda", num_workers=workers
+            )
+            loader.device = "cpu"
+            with pytest.raises(SampleError) as err:
+                list(loader)
+            assert str(err.value).startswith(str(shard)) and "\n" not in str(err.value)
+            assert message in str(err.value)
+
+
+def test_gpu_path_decodes_a_grayscale_jpeg_to_three_equal_channels():
+    """A one-component JPEG (not what the writer makes, but valid in a foreign shard) comes out of
+    the GPU path's decode as 3 equal channels, like the CPU path's colour decode."""
+    import cv2
+    import numpy as np
+
+    from datakit.gpu_views import GpuViews
+    from datakit.jpeg import jpeg_header
+
+    gray = np.random.default_rng(0).integers(0, 256, (24, 32), np.uint8)
+    data = cv2.imencode(".jpg", gray)[1].tobytes()
+    assert jpeg_header(data) == (32, 24, 1)
+    batch = {"jpeg_sizes": torch.tensor([len(data)]),
+             "jpeg_data": torch.frombuffer(bytearray(data), dtype=torch.uint8), "images": []}  # fmt: skip
+    (image,) = GpuViews(SMALL, "cpu").decode(batch)
+    assert image.shape == (3, 24, 32)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    cpu = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - cpu.astype(int)).max() <= 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_path_agrees_with_cpu_path(synthetic_dataset):
