@@ -150,9 +150,10 @@ def queue_fill_note(cfg: TrainConfig) -> str | None:
     fill = -(-cfg.queue_size // per_step)
     if 2 * fill <= cfg.steps:
         return None
-    when = f"after {fill} of its {cfg.steps} steps" if fill <= cfg.steps else "never in this run"
+    when = f"fill only after {fill} of its" if fill <= cfg.steps else "never fill in this run of"
     return (
-        f"warning: the {cfg.queue_size}-key negative queues fill {when} ({per_step} keys a step); "
+        f"warning: the {cfg.queue_size}-key negative queues {when} {cfg.steps} steps "
+        f"({per_step} keys a step); "
         f"until then random initial keys are negatives, which can collapse the global head "
         f"(docs/results.md, section 1)"
     )
@@ -268,7 +269,10 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = 
         model = nn.parallel.DistributedDataParallel(
             method,
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-            broadcast_buffers=False,
+            # every rank's buffers agree without a per-step broadcast: BN statistics under
+            # SyncBatchNorm (or rank-local on CPU, where only rank 0 saves them), and the queues,
+            # which push the keys gathered from all ranks
+            forward_sync_buffers=False,
         )
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
