@@ -66,6 +66,8 @@ def test_workers_do_not_change_the_output(tmp_path):
     one = convert_synthetic(tmp_path / "w1", num=12, val=4, shard_size=5, workers=1)
     two = convert_synthetic(tmp_path / "w2", num=12, val=4, shard_size=5, workers=2)
     assert shard_hashes(one) == shard_hashes(two)
+    # docs/format.md: no timestamp, no --workers in args: the manifest bytes are the same too
+    assert (one / "_info.json").read_bytes() == (two / "_info.json").read_bytes()
 
 
 def test_tar_headers_are_fixed_and_members_in_schema_order(tmp_path):
