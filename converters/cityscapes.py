@@ -116,6 +116,13 @@ class CityscapesConfig:
 
 
 @dataclass(frozen=True)
+class Misnamed:
+    """An image under leftImg8bit/ whose name is not ``{city}_{seq}_{frame}_leftImg8bit.png``."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Frame:
     """One frame's name parts; paths are derived from them."""
 
@@ -207,6 +214,9 @@ class CityscapesConverter(Converter):
     def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
         labelled = self._labelled(unit.split)
         for f in unit.payload:
+            if isinstance(f, Misnamed):
+                yield Skipped(f.path, "name is not {city}_{seq}_{frame}" + IMAGE_SUFFIX)
+                continue
             try:
                 yield self._sample(unit.split, f, labelled)
             except SourceError as exc:
@@ -245,6 +255,13 @@ class CityscapesConverter(Converter):
                 raise SourceError(
                     label_path, f"labelIds must be single-channel, got shape {label_ids.shape}"
                 )
+            if label_ids.dtype != np.uint8 and int(label_ids.max()) > 255:
+                # astype(uint8) would wrap such values silently into real classes (263 -> road)
+                raise SourceError(
+                    label_path,
+                    f"labelIds must be 8-bit, got {label_ids.dtype} values up to "
+                    f"{int(label_ids.max())}",
+                )
             _same_size(label_ids, label_path, (h, w), image_path)
             label = labels_to_train_ids(label_ids.astype(np.uint8))
 
@@ -278,17 +295,18 @@ class CityscapesConverter(Converter):
         return Sample(key=f.stem, split=split, rgb=rgb, meta=meta, depth=depth, label=label)
 
 
-def _frames(city_dir: str, city: str) -> list[Frame]:
-    frames = []
+def _frames(city_dir: str, city: str) -> list[Frame | Misnamed]:
+    """The city's frames in name order; an image whose name does not parse is kept in its place as
+    :class:`Misnamed`, a bad frame (skipped with --on-error skip, else the run stops there)."""
+    frames: list[Frame | Misnamed] = []
     for name in sorted(os.listdir(city_dir)):
         if not name.endswith(IMAGE_SUFFIX):
             continue
         parts = name[: -len(IMAGE_SUFFIX)].rsplit("_", 2)
         if len(parts) != 3 or parts[0] != city:
-            raise SourceError(
-                os.path.join(city_dir, name), "name is not {city}_{seq}_{frame}" + IMAGE_SUFFIX
-            )
-        frames.append(Frame(*parts))
+            frames.append(Misnamed(os.path.join(city_dir, name)))
+        else:
+            frames.append(Frame(*parts))
     return frames
 
 

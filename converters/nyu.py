@@ -245,7 +245,7 @@ def load_label_map(path: str) -> np.ndarray:
         else:
             with open(path, encoding="utf-8") as fh:
                 arr = np.array([int(t) for t in fh.read().replace(",", " ").split()])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError) as exc:  # np.load: EOFError on an empty file
         raise SourceError(path, f"not a label map: {exc}") from None
     arr = np.asarray(arr).ravel()
     if arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
@@ -258,16 +258,22 @@ def load_label_map(path: str) -> np.ndarray:
 def load_splits(path: str, n: int) -> dict[str, list[int]]:
     """``splits.mat`` -> {"train": [...], "test": [...]} of 0-based frame indices (sorted).
 
-    Frames in neither list are left out. Raises SourceError for out-of-range or shared indices.
+    Frames in neither list are left out. Raises SourceError for out-of-range, repeated or shared
+    indices.
     """
     if not os.path.isfile(path):
         raise SourceError(path, "missing")
     groups: dict[str, list[int]] = {}
     try:
         for split, var in (("train", "trainNdxs"), ("test", "testNdxs")):
-            idx = np.asarray(_mat_variable(path, var)).ravel().astype(np.int64)
+            raw = np.asarray(_mat_variable(path, var)).ravel()
+            if not np.issubdtype(raw.dtype, np.number) or np.any(raw != np.round(raw)):
+                raise SourceError(path, f"{var} must hold whole frame numbers")
+            idx = raw.astype(np.int64)
             if idx.size and (idx.min() < 1 or idx.max() > n):
                 raise SourceError(path, f"{var} holds indices outside 1..{n}")
+            if len(set(idx.tolist())) != idx.size:  # else one frame becomes two samples of one key
+                raise SourceError(path, f"{var} lists a frame more than once")
             groups[split] = sorted(int(i) - 1 for i in idx)
     except (OSError, ValueError, KeyError) as exc:
         raise SourceError(path, f"not a NYU splits file (trainNdxs, testNdxs): {exc}") from None
@@ -281,8 +287,12 @@ def _mat_variable(path: str, name: str) -> np.ndarray:
         with h5py.File(path, "r") as f:
             return np.asarray(f[name])
     from scipy.io import loadmat  # MATLAB v5 files (the official splits.mat, classMapping40.mat)
+    from scipy.io.matlab import MatReadError
 
-    return np.asarray(loadmat(path, variable_names=[name])[name])
+    try:
+        return np.asarray(loadmat(path, variable_names=[name])[name])
+    except MatReadError as exc:  # an empty or cut-off file; not a ValueError, so re-raise as one
+        raise ValueError(str(exc)) from None
 
 
 def _strings(f: h5py.File, name: str) -> tuple[str, ...]:

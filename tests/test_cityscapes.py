@@ -156,6 +156,18 @@ def test_bad_frame_is_skipped_naming_the_file(tmp_path: Path, broken: str) -> No
         assert "leftImg8bit.png" in skipped.reason
 
 
+def test_16bit_label_ids_over_255_are_skipped_not_wrapped(tmp_path: Path) -> None:
+    """A 16-bit labelIds value 263 must not become road (263 % 256 = 7) through a uint8 cast."""
+    good, bad = build_cityscapes(tmp_path)
+    assert bad.label_ids is not None
+    cv2.imwrite(str(bad.paths["label"]), bad.label_ids.astype(np.uint16) + 256)
+    out = _run(tmp_path)
+    assert isinstance(out[0], Sample) and out[0].key == good.stem
+    skipped = out[1]
+    assert isinstance(skipped, Skipped) and skipped.source == str(bad.paths["label"])
+    assert "8-bit" in skipped.reason
+
+
 def test_missing_tree_and_bad_max_depth(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="leftImg8bit"):
         CityscapesConverter(CityscapesConfig(src=str(tmp_path))).units()
@@ -281,6 +293,30 @@ def test_cli_fails_naming_missing_disparity_or_skips(tmp_path: Path) -> None:
     assert info["errors"]["skipped"] == 1 and info["splits"]["val"]["num_samples"] == 1
     log = (tmp_path / "b" / info["errors"]["log"]).read_text()
     assert str(bad.paths["disparity"]) in log
+
+
+def test_misnamed_image_is_a_bad_frame_not_a_failed_scan(tmp_path: Path) -> None:
+    """An image whose name does not parse stops the run naming it, or with --on-error skip is
+    logged and counted while the city's other frames are converted."""
+    from datakit.cli import main
+
+    good, other = build_cityscapes(tmp_path / "src")
+    odd = other.paths["image"].parent / "lindau_notaframe_leftImg8bit.png"
+    shutil.copy(other.paths["image"], odd)
+    out = _run(tmp_path / "src")
+    assert [s.key for s in out if isinstance(s, Sample)] == [good.stem, other.stem]
+    (skip,) = [s for s in out if isinstance(s, Skipped)]
+    assert skip.source == str(odd) and "name is not {city}_{seq}_{frame}" in skip.reason
+    args = ["convert", "cityscapes", str(tmp_path / "src"), "--no-progress"]
+    res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "a"), *args[3:]])
+    assert res.exit_code == 1 and str(odd) in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "a" / "_info.json").exists()
+    res = CliRunner().invoke(
+        main, [*args[:3], str(tmp_path / "b"), *args[3:], "--on-error", "skip"]
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "b" / "_info.json").read_text())
+    assert info["errors"]["skipped"] == 1 and info["splits"]["val"]["num_samples"] == 2
 
 
 def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:

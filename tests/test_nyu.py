@@ -146,10 +146,36 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     bad_split = write_splits(tmp_path / "splits.mat", train=[1, 9], test=[2])
     with pytest.raises(SourceError, match="splits.mat"):
         NyuConverter(NyuConfig(mat=str(fx.path), splits=str(bad_split))).units()
+    repeated = write_splits(tmp_path / "repeated.mat", train=[1, 1], test=[2])
+    with pytest.raises(SourceError, match="repeated.mat: trainNdxs lists a frame more than once"):
+        NyuConverter(NyuConfig(mat=str(fx.path), splits=str(repeated))).units()
+    fractional = write_splits(tmp_path / "fractional.mat", train=[1.5], test=[2])  # type: ignore[list-item]
+    with pytest.raises(SourceError, match="fractional.mat: trainNdxs must hold whole frame num"):
+        NyuConverter(NyuConfig(mat=str(fx.path), splits=str(fractional))).units()
     bad_map = tmp_path / "map.txt"
     bad_map.write_text("1 2 41")
     with pytest.raises(SourceError, match="map.txt"):
         NyuConverter(NyuConfig(mat=str(fx.path), label_map=str(bad_map))).units()
+
+
+@pytest.mark.parametrize("name", ["splits.mat", "classMapping40.mat", "map.npy"])
+def test_empty_splits_or_label_map_is_one_error_line(tmp_path: Path, name: str) -> None:
+    """An empty file (a failed download) raises scipy's MatReadError / numpy's EOFError, which are
+    neither OSError nor ValueError: they must still become one line naming the file."""
+    from datakit.cli import main
+
+    fx = build_nyu(tmp_path / "nyu.mat", n=2)
+    empty = tmp_path / name
+    empty.write_bytes(b"")
+    option = "--splits" if name == "splits.mat" else "--label-map"
+    with pytest.raises(SourceError, match=re.escape(str(empty))):
+        NyuConverter(
+            NyuConfig(mat=str(fx.path), **{option[2:].replace("-", "_"): str(empty)})
+        ).units()
+    res = CliRunner().invoke(
+        main, ["convert", "nyu", str(fx.path), str(tmp_path / "out"), option, str(empty)]
+    )
+    assert res.exit_code == 1 and str(empty) in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize(
