@@ -232,9 +232,12 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     """Mean/std per method and probe, and paired per-seed differences (same seed) of every method
-    against random init and against PixPro, with their t statistic (n - 1 degrees of freedom)."""
+    against random init and against PixPro, with their t statistic (n - 1 degrees of freedom). A
+    (method, seed) recorded more than once (records.jsonl of a resumed run) counts once, the last."""
     by = {
-        m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
+        m: sorted(
+            {r["seed"]: r for r in records if r["method"] == m}.values(), key=lambda r: r["seed"]
+        )
         for m in methods
     }
     table: dict[str, Any] = {}
@@ -258,12 +261,15 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                     continue
                 mean, sd = _ms(diffs)
                 se = sd / math.sqrt(len(diffs))
+                # no spread: a nonzero mean is infinitely far from 0, a zero one undefined (0 / 0)
+                no_spread = math.copysign(math.inf, mean) if mean else math.nan
+                t = mean / se if se > 0 else no_spread
                 paired[f"{m} - {baseline} [{p}]"] = {
                     "diffs": diffs,
                     "seeds": [r["seed"] for r in by[m] if r["seed"] in base],
                     "mean": mean,
                     "std": sd,
-                    "t": mean / se if se > 0 else math.inf * (1 if mean >= 0 else -1),
+                    "t": t,
                 }
     return {"table": table, "paired": paired}
 
@@ -361,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.from_records:
-        records = [json.loads(x) for x in args.from_records.read_text().splitlines() if x.strip()]
-        seeds = sorted({r["seed"] for r in records})
+        recorded = [json.loads(x) for x in args.from_records.read_text().splitlines() if x.strip()]
+        seeds = sorted({r["seed"] for r in recorded})
         report(
-            records,
-            [m for m in METHODS if any(r["method"] == m for r in records)],
+            recorded,
+            [m for m in METHODS if any(r["method"] == m for r in recorded)],
             sc,
             seeds,
             out,

@@ -42,3 +42,24 @@ def test_paired_differences_against_random_init_and_pixpro() -> None:
     assert depth["mean"] == pytest.approx(0.02) and depth["t"] > 1e6  # (almost) no spread
     table = markdown(s, records)
     assert "| pixpro - random-init [c5] | +5.0, +2.0, +5.0 | +4.0 ± 1.7 |" in table
+
+
+def test_a_run_recorded_twice_counts_once() -> None:
+    """A resumed run appends every (method, seed) to records.jsonl again: --from-records must not
+    count them twice (that would shrink the std and inflate t)."""
+    records = [
+        _rec("random-init", 0, 0.40, 0.70),
+        _rec("random-init", 1, 0.44, 0.72),
+        _rec("pixpro", 0, 0.45, 0.78),
+        _rec("pixpro", 1, 0.46, 0.79),
+    ]
+    once = summarise(records, ["random-init", "pixpro"])
+    twice = summarise(records + records, ["random-init", "pixpro"])
+    assert twice["table"] == once["table"]
+    assert twice["paired"] == once["paired"]
+
+
+def test_t_of_zero_differences_without_spread_is_undefined() -> None:
+    records = [_rec(m, s, 0.4, 0.7) for m in ("random-init", "pixpro") for s in (0, 1)]
+    d = summarise(records, ["random-init", "pixpro"])["paired"]["pixpro - random-init [c5]"]
+    assert d["mean"] == 0.0 and math.isnan(d["t"])

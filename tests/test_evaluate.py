@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from datakit.cli import main
 from datakit.errors import DatakitError
-from training.eval_data import eval_size, in_holdout
-from training.evaluate import EvalConfig, evaluate, load_backbone
+from training.eval_data import LabeledImages, eval_size, in_holdout, read_split, resize_pair
+from training.evaluate import EvalConfig, build_config, evaluate, load_backbone, recalibrate_bn
 from training.metrics_seg import confusion_matrix, scores
 from training.probe import fit_probe, score_head
 
@@ -107,6 +107,61 @@ def test_eval_size_and_holdout_are_stable() -> None:
     keys = [f"train_{i:06d}" for i in range(2000)]
     frac = sum(in_holdout(key, 0.2) for key in keys) / len(keys)
     assert 0.15 < frac < 0.25
+
+
+def test_labels_are_resized_in_register_with_the_image() -> None:
+    """Area interpolation averages around output pixel centres; the labels' nearest pixel must be
+    taken there too, not half an output pixel up and left (OpenCV's plain INTER_NEAREST)."""
+    ramp = torch.arange(640).expand(480, 640).numpy()
+    rgb, label = resize_pair(ramp[..., None].repeat(3, -1).astype("float32"), ramp, (224, 288))
+    assert label.dtype.name == "int64" and label.shape == (224, 288)
+    assert abs(float((label - rgb[..., 0]).mean())) < 0.1  # in source pixels; was -1.06
+
+
+def test_a_limit_on_a_holdout_reads_on_until_it_has_enough(tmp_path: Path) -> None:
+    """--max-eval N on the hold-out of train gets N held-out samples, not the ~20% of N that the
+    first shards holding N samples contain (or none at all)."""
+    from datakit.reader import open_dataset
+    from tests.conftest import convert_synthetic
+
+    ds = open_dataset(str(convert_synthetic(tmp_path / "ds", num=32, size=(48, 36))))
+    held = [f"train_{i:06d}" for i in range(32) if in_holdout(f"train_{i:06d}", 0.2)]
+    assert len(held) >= 4
+    part = read_split(ds, "train", (32, 32), select=lambda k: in_holdout(k, 0.2), limit=4)
+    assert part.keys == held[:4]
+    assert read_split(ds, "train", (32, 32), limit=6).keys == [f"train_{i:06d}" for i in range(6)]
+
+
+def test_recalibrated_bn_goes_back_to_its_momentum() -> None:
+    """After the one cumulative pass, finetune must update BN statistics as a moving average."""
+    backbone = load_backbone(None, arch="resnet18")
+    data = LabeledImages(
+        torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+        torch.zeros(2, 32, 32, dtype=torch.int64),
+        ["a", "b"],
+    )
+    recalibrate_bn(backbone, data, torch.device("cpu"), 2)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    assert not backbone.training
+
+
+@pytest.mark.parametrize(
+    "yaml_text", ["image_size: abc", "holdout: '0.2'", "levels: 5", "batch_size: '8'"]
+)
+def test_an_eval_config_value_of_the_wrong_type_is_one_error_line(
+    tmp_path: Path, yaml_text: str
+) -> None:
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(yaml_text + "\n")
+    res = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(tmp_path / "none"), "--random-init", "--config", str(cfg),
+         "--out", str(tmp_path / "e.json")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert yaml_text.split(":")[0] in res.output.strip().splitlines()[-1]
+    assert build_config(("c", {"levels": ["c4", "c5"], "holdout": 1 / 4})).levels == ("c4", "c5")
 
 
 def _cfg(data: Path, **kw: object) -> EvalConfig:

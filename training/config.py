@@ -119,21 +119,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _coerce(name: str, value: Any, tp: Any) -> Any:
+def coerce(name: str, value: Any, tp: Any) -> Any:
     """Check and convert one YAML/flag value to the field's type; raises UsageError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(name, value, args[0])
+        return coerce(name, value, args[0])
     if origin is tuple:
         item_types = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(item_types):
             raise UsageError(
                 f"config {name}: expected a list of {len(item_types)} values, got {value!r}"
             )
-        return tuple(_coerce(name, v, t) for v, t in zip(value, item_types, strict=True))
+        return tuple(coerce(name, v, t) for v, t in zip(value, item_types, strict=True))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -159,7 +159,7 @@ def _apply(base: dict[str, Any], updates: Mapping[str, Any], where: str) -> None
         name = key.replace("-", "_")
         if name not in hints:
             raise UsageError(f"{where}: unknown config key {key!r}")
-        base[name] = _coerce(name, value, hints[name])
+        base[name] = coerce(name, value, hints[name])
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -40,6 +40,18 @@ def eval_size(height: int, width: int, short: int) -> tuple[int, int]:
     return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
 
 
+def resize_pair(
+    rgb: np.ndarray, label: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """rgb (H, W, 3) by area, label (H, W) by nearest -> size (h, w); label as int64. The labels'
+    nearest pixel is taken at pixel centres, as area's averages are centred (OpenCV's plain
+    ``INTER_NEAREST`` samples at corners: half an output pixel up and left when shrinking)."""
+    h, w = size
+    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return rgb, label.astype(np.int64)
+
+
 def in_holdout(key: str, fraction: float) -> bool:
     """Stable across runs and machines: crc32 of the key."""
     return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
@@ -60,9 +72,8 @@ class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 continue
             if s.label is None:
                 raise DatakitError(f"{s.url}: sample {s.key} has no label member")
-            rgb = cv2.resize(s.rgb, (w, h), interpolation=cv2.INTER_AREA)
-            label = cv2.resize(s.label, (w, h), interpolation=cv2.INTER_NEAREST)
-            yield s.key, rgb, label.astype(np.int64)
+            rgb, label = resize_pair(s.rgb, s.label, (h, w))
+            yield s.key, rgb, label
 
 
 def read_split(
@@ -74,21 +85,32 @@ def read_split(
     limit: int | None = None,
     workers: int = 0,
 ) -> LabeledImages:
-    """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``, taken from
-    the first shards in manifest order, then by key) into memory."""
-    urls, entries, counted = [], dataset.info.shards_of(split), 0
-    for entry, url in zip(entries, dataset.shard_urls(split), strict=True):
-        if limit is not None and counted >= limit:
-            break
-        urls.append(url)
-        counted += entry.num_samples
-    if not urls:
+    """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``: the first
+    by key of those accepted in the first shards, in manifest order, that hold ``limit`` of them)
+    into memory."""
+    pending = list(zip(dataset.info.shards_of(split), dataset.shard_urls(split), strict=True))
+    if not pending:
         raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
-    reader = _SplitReader(urls, size, select, getattr(dataset, "storage", None))
-    loader = torch.utils.data.DataLoader(
-        reader, batch_size=None, num_workers=min(workers, len(urls))
-    )
-    rows = sorted(loader, key=lambda r: r[0])[:limit]
+    storage = getattr(dataset, "storage", None)
+    rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+    seen = 0
+    while pending and (limit is None or len(rows) < limit):
+        # shards for the samples still wanted, scaled by the share ``select`` accepted so far
+        share = seen / max(len(rows), 1) if seen else 1.0
+        want = None if limit is None else (limit - len(rows)) * share
+        urls: list[str] = []
+        counted = 0
+        while pending and (want is None or not urls or counted < want):
+            entry, url = pending.pop(0)
+            urls.append(url)
+            counted += entry.num_samples
+        seen += counted
+        reader = _SplitReader(urls, size, select, storage)
+        loader = torch.utils.data.DataLoader(
+            reader, batch_size=None, num_workers=min(workers, len(urls))
+        )
+        rows += list(loader)
+    rows = sorted(rows, key=lambda r: r[0])[:limit]
     if not rows:
         raise DatakitError(f"{dataset.url}: no samples selected from split {split!r}")
     images = torch.stack([torch.as_tensor(np.asarray(r[1])).permute(2, 0, 1) for r in rows])

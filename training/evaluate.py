@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from datakit.errors import DatakitError, UsageError
 from datakit.urls import check_writable, redact
+from training.config import coerce
 from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
 from training.models import (
     LEVELS,
@@ -105,18 +107,25 @@ def validate(cfg: EvalConfig) -> None:
 def build_config(*layers: tuple[str, Mapping[str, Any]]) -> EvalConfig:
     """Merge (where, mapping) layers over the defaults, later layers winning (defaults < YAML file <
     flags); ``None`` values are skipped. Raises UsageError for an unknown key or a bad value."""
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    hints = typing.get_type_hints(EvalConfig)
     merged: dict[str, Any] = {}
     for where, layer in layers:
         for key, value in layer.items():
             name = key.replace("-", "_")
-            if name not in names:
+            if name not in hints:
                 raise UsageError(f"{where}: unknown eval config key {key!r}")
             if value is None:
                 continue
-            if name == "levels" and isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-            merged[name] = tuple(value) if isinstance(value, list) else value
+            if name != "levels":
+                merged[name] = coerce(name, value, hints[name])
+                continue
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise UsageError(
+                    f"config levels: expected c5 or a list like [c3, c4, c5], got {value!r}"
+                )
+            merged[name] = tuple(value)
     try:
         cfg = EvalConfig(**merged)
     except TypeError as exc:
@@ -208,6 +217,7 @@ def recalibrate_bn(
 ) -> None:
     """Replace every BatchNorm's running statistics by their average over ``data`` (one pass)."""
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the pass
@@ -215,6 +225,9 @@ def recalibrate_bn(
     for idx in batches(len(data), batch_size, None):
         _forward(backbone, data.images[idx], device)
     backbone.eval()
+    # finetune goes on updating them: as a moving average, not a cumulative one from this pass on
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def _json_float(v: float) -> float | None:
