@@ -69,22 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     levels = {"c5": s // 32, "c3": s // 8}
     loader = make_loader(ds, args.batch_size, views=ViewConfig(size=s), num_workers=0, seed=0)
     acc: dict[str, dict[str, float]] = {}
-    scene = {"cells": 0.0, "mixed_cells": 0.0, "depth_span_m": [], "valid_depth": []}
+    cells, mixed_cells = 0, 0.0
+    depth_span_m: list[float] = []
+    valid_depth: list[float] = []
     for n, batch in enumerate(loader):
         if n >= args.batches:
             break
         for d in (batch["depth1"], batch["depth2"]):
             for z in d.flatten(1):
                 v = z[z > 0]
-                scene["valid_depth"].append(float((z > 0).float().mean()))  # type: ignore[union-attr]
+                valid_depth.append(float((z > 0).float().mean()))
                 if len(v):
-                    scene["depth_span_m"].append(float(v.max() - v.min()))  # type: ignore[union-attr]
+                    depth_span_m.append(float(v.max() - v.min()))
         for lv, g in levels.items():
             lab1, share1 = cell_labels(batch["label1"], g, g, k, ignore)
             lab2, _ = cell_labels(batch["label2"], g, g, k, ignore)
             if lv == "c5":
-                scene["cells"] += share1.numel()
-                scene["mixed_cells"] += float((share1 < 0.9).sum())
+                cells += share1.numel()
+                mixed_cells += float((share1 < 0.9).sum())
             known = (lab1 >= 0)[:, :, None] & (lab2 >= 0)[:, None, :]
             same = (lab1[:, :, None] == lab2[:, None, :]) & known
             z1 = cell_depth(batch["depth1"], g, g)
@@ -152,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<16} {row['kept']:6.3f} {row['precision']:9.3f} {row['recall']:7.3f} "
             f"{row['fp_removed']:10.3f}"
         )
-    spans = torch.tensor(scene["depth_span_m"])  # type: ignore[arg-type]
+    spans = torch.tensor(depth_span_m)
     report["scene"] = {
-        "c5_cells_mixed_lt90pct": scene["mixed_cells"] / max(scene["cells"], 1),  # type: ignore[operator]
+        "c5_cells_mixed_lt90pct": mixed_cells / max(cells, 1),
         "view_depth_span_m_median": float(spans.median()) if len(spans) else None,
-        "valid_depth_fraction": float(torch.tensor(scene["valid_depth"]).mean()),  # type: ignore[arg-type]
+        "valid_depth_fraction": float(torch.tensor(valid_depth).mean()),
     }
     for lv in levels:
         row = report["settings"][f"{lv} none 0.0"]

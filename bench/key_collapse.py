@@ -23,7 +23,7 @@ from datakit.reader import open_dataset
 from training.checkpoint import load
 from training.config import build_config
 from training.data import BatchStream
-from training.methods import build_method
+from training.methods import PixCon, build_method
 
 
 def offdiag_cos(x: Tensor) -> float:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": "init" if args.init else f"step {state['step']}",
         "pooled_c5_cos": offdiag_cos(feats.mean((2, 3))),
     }
-    if hasattr(net, "global_head_m"):
+    if isinstance(net, PixCon):
         row["global_key_cos"] = offdiag_cos(net.global_head_m(feats))
     out = net(batch)
     row.update({k: float(v) for k, v in out.metrics.items()})

@@ -208,7 +208,7 @@ def breakdown(data: str, n: int = 64) -> dict[str, float]:
 
     from datakit import png
     from datakit.gpu_views import collate_encoded, prepare_encoded
-    from datakit.loader import _decode_rgb, decode_for_views
+    from datakit.loader import decode_for_views
     from datakit.photometric import apply_photometric
     from datakit.schema import CODECS
     from datakit.views import (
@@ -229,7 +229,10 @@ def breakdown(data: str, n: int = 64) -> dict[str, float]:
         if len(raw) == n:
             break
     out = {"tar_read": (time.process_time() - t) / len(raw) * 1e3}
-    out["rgb_jpeg_opencv_rgb"], _ = _cpu_ms(lambda s: _decode_rgb(s["rgb.jpg"]), raw)
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)  # OpenCV >= 4.10: RGB directly
+    out["rgb_jpeg_opencv_rgb"], _ = _cpu_ms(
+        lambda s: cv2.imdecode(np.frombuffer(s["rgb.jpg"], np.uint8), rgb_flag), raw
+    )
     out["rgb_jpeg_schema_codec"], _ = _cpu_ms(lambda s: CODECS["rgb.jpg"].decode(s["rgb.jpg"]), raw)
     out["depth_png16_fast"], _ = _cpu_ms(lambda s: png.decode_gray(s["depth.png"]), raw)
     out["depth_png16_opencv"], _ = _cpu_ms(
@@ -238,9 +241,8 @@ def breakdown(data: str, n: int = 64) -> dict[str, float]:
     out["decode_all"], decoded = _cpu_ms(lambda s: decode_for_views(s, labels=False)[0], raw)
 
     def geometry(s: Any) -> list[Any]:
-        params = sample_pair(
-            sample_seed(0, 0, s.key), *s.rgb.shape[:2], cfg, periodic=is_periodic(s)
-        )
+        h, w = s.rgb.shape[:2]
+        params = sample_pair(sample_seed(0, 0, s.key), h, w, cfg, periodic=is_periodic(s))
         return [apply_geometry(s, p, cfg) for p in params]
 
     out["geometry_2views"], views = _cpu_ms(geometry, decoded)
@@ -331,6 +333,8 @@ def repack_png_filter(src: str, dst: str) -> None:
                 data = tin.extractfile(member).read()  # type: ignore[union-attr]
                 if member.name.split(".", 1)[1] in gray_exts:
                     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                    if arr is None:
+                        raise SystemExit(f"{src}/{shard['name']}: {member.name} does not decode")
                     data = cv2.imencode(
                         ".png",
                         arr,

@@ -146,7 +146,9 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
     rows: list[dict[str, float | int | str]] = []
     try:
         for step in range(cfg.steps):
-            lr = lr_at(step, lr=float(cfg.lr or 0), total=cfg.steps, warmup=cfg.warmup_steps)
+            lr = lr_at(
+                step, lr=float(cfg.lr or 0), total=cfg.steps, warmup=int(cfg.warmup_steps or 0)
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             net.momentum_update(momentum_at(step, cfg.steps, cfg.momentum))

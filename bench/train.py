@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -170,7 +171,7 @@ def main() -> None:
             try:
                 r = timed(
                     stepper,
-                    lambda s=stream: next(s),
+                    functools.partial(next, stream),
                     warmup=args.warmup,
                     steps=args.steps,
                     rounds=args.rounds,

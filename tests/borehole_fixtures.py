@@ -49,7 +49,7 @@ def make_log(
     rng = np.random.default_rng(seed)
     r = np.arange(rows)[:, None]
     az = (np.arange(sectors)[None, :] + 0.5) * 2 * np.pi / sectors
-    image = 40 + 20 * np.sin(az + r / 15.0) + rng.integers(-8, 9, (rows, sectors))
+    image: np.ndarray = 40 + 20 * np.sin(az + r / 15.0) + rng.integers(-8, 9, (rows, sectors))
     image = np.round(image * 8) / 8
     daz = (np.arange(depth_sectors)[None, :] + 0.5) * 2 * np.pi / depth_sectors
     tt = np.round((60 + 10 * np.cos(daz)) * 8) / 8 + rng.integers(0, 5, (rows, depth_sectors)) / 8
@@ -115,7 +115,7 @@ def write_npz(log: Log, path: Path) -> Path:
     np.savez(
         path,
         depth=log.index,
-        **{IMAGE: log.image, DEPTH: log.tt},
+        **{IMAGE: log.image, DEPTH: log.tt},  # type: ignore[arg-type]
         units=np.array(json.dumps(units)),
         well=np.array(log.well),
     )

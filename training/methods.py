@@ -74,6 +74,7 @@ class MomentumMethod(nn.Module, ABC):
     """Shared plumbing: pairs of (online, momentum) modules updated by exponential moving average."""
 
     backbone: Backbone
+    backbone_m: Backbone  # the momentum copy
 
     @abstractmethod
     def momentum_pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
