@@ -100,6 +100,22 @@ def test_probe_learns_one_hot_labels_and_random_features_score_far_lower() -> No
     assert _probe_miou(random, labels, k) < 0.4
 
 
+def test_a_batch_with_every_pixel_ignored_does_not_move_the_head() -> None:
+    from training.probe import ProbeHead, fit_head
+
+    head = ProbeHead(4, 3)
+    before = [p.detach().clone() for p in head.parameters()]
+    feats = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    target = torch.full((2, 6, 8), 255, dtype=torch.long)
+    history = fit_head(
+        head, lambda idx: ({"c5": feats[idx]}, target[idx]), 2, num_classes=3, ignore_index=255,
+        epochs=2, batch_size=2, lr=0.1, weight_decay=0.5, seed=0,
+    )  # fmt: skip
+    assert all(math.isnan(h) for h in history)
+    for a, b in zip(before, head.parameters(), strict=True):
+        assert torch.equal(a, b.detach())
+
+
 def test_eval_size_and_holdout_are_stable() -> None:
     assert eval_size(72, 96, 96) == (96, 128)
     assert eval_size(480, 640, 224) == (224, 288)

@@ -10,7 +10,6 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,12 +90,15 @@ def fit_head(
             logits = head(feats, tuple(target.shape[-2:]))
             loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
             opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:  # a batch with every pixel ignored has no gradient
+            # a batch with every pixel ignored (a NaN loss) has nothing to learn from: no step,
+            # or AdamW would still decay the weights and move them by its momentum
+            if loss.requires_grad and bool((target != ignore_index).any()):
                 loss.backward()
                 opt.step()
             sched.step()
             losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
-        history.append(float(np.nanmean(losses)) if losses else math.nan)
+        finite = [x for x in losses if not math.isnan(x)]
+        history.append(sum(finite) / len(finite) if finite else math.nan)
     return history
 
 
