@@ -126,4 +126,16 @@ def _read_part(parts_loc: Location, name: str) -> dict[str, Any]:
             f"{where}: not a datakit part manifest (needs {', '.join(_PART_KEYS)}, "
             "args.part, args.num_parts)"
         )
+    try:
+        for s in part["shards"]:
+            ShardEntry.from_json(s)
+        DepthStats.from_json(part["depth_stats"])
+        int(part["errors"]["skipped"])
+        log = part["errors"]["log"]
+        if not (log is None or isinstance(log, str)):
+            raise TypeError(f"errors.log {log!r}")
+        if not all(type(part["args"][k]) is int for k in ("part", "num_parts")):
+            raise TypeError("args.part and args.num_parts must be integers")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatakitError(f"{where}: malformed part manifest ({exc!r})") from None
     return part

@@ -67,13 +67,23 @@ def prepare_output(
         return part_prefix in name or name == prog_name or name == errors_name(cfg.part)
 
     complete = loc.exists(final_name)
+    # A part run rewrites shards that a joined _info.json (``datakit merge``) lists: that manifest
+    # must not go on saying the dataset is whole.
+    joined = cfg.part is not None and loc.exists(INFO_NAME)
     if cfg.mode == "overwrite":
+        if joined:
+            loc.delete(INFO_NAME)
         for name in names:
             if mine(name):
                 loc.delete(name)
         if part_prefix is not None and complete:
             loc.delete(final_name)
         return Progress(args=args)
+    if joined and not complete:
+        raise UsageError(
+            f"{loc.path(INFO_NAME)} exists: {loc.display} already holds a complete dataset; "
+            f"pass --overwrite to convert part {cfg.part} again (then datakit merge)"
+        )
     if cfg.mode == "new":
         if complete:
             raise UsageError(

@@ -272,11 +272,21 @@ def validate_meta(meta: Mapping[str, Any], *, key: str, width: int, height: int)
     if not (isinstance(meta["depth_scale"], (int, float)) and meta["depth_scale"] > 0):
         raise SampleError(f"{key}: depth_scale must be a positive number")
     intr = meta.get("intrinsics")
-    if intr is not None and not all(k in intr for k in ("fx", "fy", "cx", "cy")):
+    if intr is not None and not (
+        isinstance(intr, dict) and all(k in intr for k in ("fx", "fy", "cx", "cy"))
+    ):
         raise SampleError(f"{key}: intrinsics need fx, fy, cx, cy")
     pose = meta.get("pose")
-    if pose is not None and np.asarray(pose, dtype=np.float64).shape != (4, 4):
+    if pose is not None and _shape_of(pose) != (4, 4):
         raise SampleError(f"{key}: pose must be a 4x4 matrix")
+
+
+def _shape_of(matrix: Any) -> tuple[int, ...] | None:
+    """The shape of a numeric nested list, or None when it is ragged or not numeric."""
+    try:
+        return np.asarray(matrix, dtype=np.float64).shape
+    except (TypeError, ValueError):
+        return None
 
 
 def encode(sample: Sample, *, rgb_format: str = "jpg", jpeg_quality: int = 95) -> dict[str, bytes]:

@@ -1,7 +1,8 @@
 """``datakit verify``: sha256 of every shard, then decode and validate every sample.
 
 Every fault is reported (missing shard, size or hash mismatch, broken tar, undecodable or invalid
-sample, count mismatch); the dataset is good only when there are none.
+sample, count mismatch, a key in two shards, ``splits`` disagreeing with the shard list, a shard file
+the manifest does not list); the dataset is good only when there are none.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from datakit import schema
 from datakit.errors import DatakitError
-from datakit.manifest import DatasetInfo, ShardEntry, read_info
+from datakit.manifest import INFO_NAME, SHARD_NAME, DatasetInfo, ShardEntry, read_info
 from datakit.reader import iter_tar_members
 from datakit.storage import Location, StorageError
+from datakit.urls import READ_ONLY_SCHEMES
 
 
 @dataclass
@@ -27,6 +30,7 @@ class VerifyReport:
     samples: int = 0
     bytes: int = 0
     faults: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict, repr=False)  # sample key -> its shard
 
     @property
     def ok(self) -> bool:
@@ -59,11 +63,62 @@ def verify(
     loc = Location(path_or_url)
     info = read_info(loc)
     report = VerifyReport(loc.display)
+    report.faults += _manifest_faults(loc, info)
+    listed: set[str] = set()
     for entry in info.shards:
+        if entry.name in listed:
+            report.faults.append(f"{loc.path(entry.name)}: listed twice in {INFO_NAME}")
+            continue
+        listed.add(entry.name)
         report.faults += verify_shard(loc, info, entry, report)
         if on_shard is not None:
             on_shard(entry)
     return report
+
+
+def _manifest_faults(loc: Location, info: DatasetInfo) -> list[str]:
+    """``splits`` (what timm's reader reads) against the shard list, and shard files not listed."""
+    where = loc.path(INFO_NAME)
+    expected: dict[str, dict[str, Any]] = {}
+    for s in info.shards:
+        sp = expected.setdefault(s.split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
+        sp["num_samples"] += s.num_samples
+        sp["filenames"].append(s.name)
+        sp["shard_lengths"].append(s.num_samples)
+    splits = info.raw.get("splits")
+    faults: list[str] = []
+    if not isinstance(splits, dict):
+        faults.append(f"{where}: splits is not an object")
+        splits = {}
+    for name in sorted(set(splits) | set(expected)):
+        got, want = splits.get(name), expected.get(name)
+        if want is None:
+            faults.append(f"{where}: splits lists {name!r}, which has no shard")
+        elif not isinstance(got, dict):
+            faults.append(f"{where}: splits lacks {name!r} (or it is not an object)")
+        elif got.get("num_samples") != want["num_samples"]:
+            faults.append(
+                f"{where}: splits[{name!r}] says {got.get('num_samples')} samples, "
+                f"the shard list {want['num_samples']}"
+            )
+        else:
+            faults += [
+                f"{where}: splits[{name!r}].{k} disagrees with the shard list"
+                for k in ("filenames", "shard_lengths")
+                if got.get(k) != want[k]
+            ]
+    if urlsplit(loc.url).scheme not in READ_ONLY_SCHEMES:  # http(s) cannot be listed
+        try:
+            names = loc.listdir()
+        except StorageError:  # a reader allowed to get objects but not to list them
+            names = []
+        listed = {s.name for s in info.shards}
+        faults += [
+            f"{loc.path(n)}: shard not listed in {INFO_NAME} (stale or foreign)"
+            for n in names
+            if SHARD_NAME.match(n) and n not in listed
+        ]
+    return faults
 
 
 def verify_shard(
@@ -85,6 +140,9 @@ def verify_shard(
                 problem = check_sample(key, members, info, entry)
                 if problem:
                     faults.append(f"{where}: {problem}")
+                first = report.keys.setdefault(key, entry.name)
+                if first != entry.name:
+                    faults.append(f"{where}: {key}: duplicate key, also in {first}")
         except DatakitError as exc:
             faults.append(str(exc))
         reader.drain()

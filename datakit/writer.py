@@ -116,8 +116,26 @@ class Encoded:
 
     @property
     def nbytes(self) -> int:
-        # tar: one 512-byte header per member, data padded to 512.
-        return sum(512 + -(-len(b) // 512) * 512 for b in self.members.values())
+        """What adding this sample writes to a GNU tar: a header per member (and a long-name
+        header with the name, for a name over 100 bytes), data padded to 512."""
+        total = 0
+        for ext, data in self.members.items():
+            name = len(f"{self.key}.{ext}".encode())
+            if name > tarfile.LENGTH_NAME:
+                total += tarfile.BLOCKSIZE + _blocks(name + 1)
+            total += tarfile.BLOCKSIZE + _blocks(len(data))
+        return total
+
+
+def _blocks(n: int) -> int:
+    """``n`` bytes rounded up to whole tar blocks."""
+    return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def closed_tar_bytes(n: int) -> int:
+    """The size of a tar of ``n`` bytes of headers and data once closed: two zero blocks, then
+    padding to a whole record (tarfile's 10 KiB)."""
+    return -(-(n + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 @dataclass(frozen=True)
@@ -406,7 +424,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                 if shard is not None and (
                     item.split != shard_split
                     or shard.num_samples >= cfg.shard_size
-                    or shard.bytes_written + item.nbytes + 1024 > cfg.max_shard_bytes
+                    or closed_tar_bytes(shard.bytes_written + item.nbytes) > cfg.max_shard_bytes
                 ):
                     close_shard((u, i))
                 if shard is None:

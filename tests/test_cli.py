@@ -257,3 +257,61 @@ def test_info_aligns_split_names_of_any_length(tmp_path):
     ]
     assert len(rows) == 2, res.output
     assert rows[0].index(" samples") == rows[1].index(" samples"), res.output
+
+
+def test_verify_reports_duplicate_keys_unlisted_shards_and_split_counts(ds64, tmp_path):
+    """Every shard intact and its hash in the manifest, yet the dataset is broken: a shard copied
+    under a second name (every key twice), a shard file _info.json does not list, splits (what
+    timm's reader reads) disagreeing with the shard list, a shard listed twice."""
+    import hashlib
+
+    bad = tmp_path / "dup"
+    shutil.copytree(ds64, bad)
+    shutil.copy(bad / "train-000000.tar", bad / "train-000004.tar")
+    shutil.copy(bad / "train-000001.tar", bad / "train-000005.tar")  # not in the manifest
+    info = json.loads((bad / "_info.json").read_text())
+    copy = dict(info["shards"][0], name="train-000004.tar")
+    assert copy["sha256"] == hashlib.sha256((bad / "train-000004.tar").read_bytes()).hexdigest()
+    info["shards"] += [copy, info["shards"][3]]
+    split = info["splits"]["train"]
+    split["filenames"] += ["train-000004.tar", "train-000003.tar"]
+    split["shard_lengths"] += [16, 16]
+    split["num_samples"] = 64  # the shard list now holds 96
+    (bad / "_info.json").write_text(json.dumps(info))
+    res = run("verify", "-q", str(bad))
+    assert res.exit_code == 1, res.output
+    faults = [line for line in res.output.splitlines() if line.startswith("FAULT")]
+    splits = f"FAULT {bad / '_info.json'}: splits['train'] says 64 samples, the shard list 96"
+    unlisted = (
+        f"FAULT {bad / 'train-000005.tar'}: shard not listed in _info.json (stale or foreign)"
+    )
+    assert splits in faults and unlisted in faults, faults
+    assert f"FAULT {bad / 'train-000003.tar'}: listed twice in _info.json" in faults
+    dups = [f for f in faults if "duplicate key" in f]
+    assert len(dups) == 16 and dups[0] == (
+        f"FAULT {bad / 'train-000004.tar'}: train_000000: duplicate key, also in train-000000.tar"
+    )
+    assert len(faults) == 19, faults
+
+
+def test_verify_reports_a_malformed_pose_as_a_fault(ds64, tmp_path):
+    """A KEY.json whose pose is ragged or not numeric is one fault line, not a traceback."""
+    bad = tmp_path / "pose"
+    shutil.copytree(ds64, bad)
+    src = bad / "train-000002.tar"
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    import io
+
+    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, data in members:
+            if m.name in ("train_000040.json", "train_000041.json"):
+                meta = json.loads(data)
+                meta["pose"] = [[1, 2], [3]] if m.name.endswith("40.json") else "identity"
+                data = json.dumps(meta).encode()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    res = CliRunner().invoke(main, ["verify", "-q", str(bad)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    assert f"FAULT {src}: train_000040: pose must be a 4x4 matrix" in res.output, res.output
+    assert f"FAULT {src}: train_000041: pose must be a 4x4 matrix" in res.output

@@ -306,6 +306,10 @@ def test_deleted_shard_is_named(aws, datasets, caplog, tmp_path):
         samples_of(url)
     res = run("verify", url)
     assert res.exit_code == 1 and "train-000001.tar" in res.output
+    # a shard file in the bucket that _info.json does not list (verify lists the prefix)
+    Location(url).put_file(_copy(local / "train-000000.tar", tmp_path), "train-000099.tar")
+    res = run("verify", url)
+    assert f"{url}/train-000099.tar: shard not listed in _info.json" in res.output, res.output
     with caplog.at_level(logging.WARNING, logger="datakit.storage"):
         kept = samples_of(url, storage=StorageConfig(on_shard_error="skip"))
     assert len(kept) == 28 and "train-000001.tar" in caplog.text

@@ -93,6 +93,34 @@ def test_max_shard_bytes_closes_shards_early(tmp_path):
         assert s["bytes"] <= 60_000 or s["num_samples"] == 1
 
 
+def test_no_shard_passes_max_shard_bytes(tmp_path):
+    """docs/cli.md: a shard is closed before it passes the limit, counting what closing the tar
+    adds (end blocks, padding to a 10 KiB record) and GNU long-name headers of long keys."""
+    for limit in (35_000, 45_000, 61_000, 70_000):
+        root = convert_synthetic(
+            tmp_path / f"d{limit}", num=12, size=(32, 24), shard_size=100, max_shard_bytes=limit
+        )
+        shards = json.loads((root / "_info.json").read_text())["shards"]
+        assert [s for s in shards if s["bytes"] > limit and s["num_samples"] > 1] == [], limit
+
+    class LongKeys(Bad):
+        def convert(self, unit):
+            for s in super().convert(unit):
+                if isinstance(s, Sample):
+                    s.key = f"{'k' * 120}_{s.key}"  # members' names over tar's 100 bytes
+                yield s
+
+    out = tmp_path / "long"
+    convert(
+        LongKeys(BadConfig(n=12)),
+        str(out),
+        ConvertConfig(progress=False, on_error="skip", max_shard_bytes=30_000),
+    )
+    shards = json.loads((out / "_info.json").read_text())["shards"]
+    assert sum(s["num_samples"] for s in shards) == 11
+    assert [s for s in shards if s["bytes"] > 30_000 and s["num_samples"] > 1] == []
+
+
 def test_existing_dataset_is_not_clobbered(tmp_path):
     root = convert_synthetic(tmp_path / "d", num=4)
     before = shard_hashes(root)
@@ -229,7 +257,13 @@ def test_merge_refuses_bad_part_manifests_and_missing_shards(tmp_path):
         )
     part1 = tmp_path / "_parts" / "part-001.json"
     good = part1.read_bytes()
-    for bad, match in [(b"{bad", "not valid JSON"), (b"[]", "not a datakit part manifest")]:
+    no_hash = json.loads(good)
+    del no_hash["shards"][0]["sha256"]
+    for bad, match in [
+        (b"{bad", "not valid JSON"),
+        (b"[]", "not a datakit part manifest"),
+        (json.dumps(no_hash).encode(), r"malformed part manifest \(KeyError\('sha256'\)\)"),
+    ]:
         part1.write_bytes(bad)
         with pytest.raises(DatakitError, match=match) as err:
             merge(str(tmp_path))
@@ -324,3 +358,40 @@ def test_duplicate_keys_are_refused(tmp_path):
 
     with pytest.raises(DatakitError, match="duplicate sample key 'same'"):
         convert(Dup(BadConfig(n=2)), str(tmp_path / "o"), ConvertConfig(progress=False))
+
+
+def test_a_part_run_never_leaves_a_joined_manifest_over_its_shards(tmp_path):
+    """After `datakit merge`, converting a part again (here: crashing half way) must not leave
+    _info.json saying the dataset is whole while that part's shards are gone or rewritten."""
+    from datakit.errors import DatasetIncomplete
+
+    cfg = SyntheticConfig(num=12, size=(32, 24), per_unit=2)
+    out = tmp_path / "parts"
+    for i in (0, 1):
+        convert(
+            SyntheticConverter(cfg),
+            str(out),
+            ConvertConfig(shard_size=2, progress=False, part=i, num_parts=2),
+        )
+    merge(str(out))
+    flaky = Flaky(cfg)
+    flaky.crash_at = 4  # the second unit of part 1
+    with pytest.raises(RuntimeError):
+        convert(
+            flaky,
+            str(out),
+            ConvertConfig(shard_size=2, progress=False, part=1, num_parts=2, mode="overwrite"),
+        )
+    with pytest.raises(DatasetIncomplete):
+        open_dataset(str(out))
+    convert(
+        SyntheticConverter(cfg),
+        str(out),
+        ConvertConfig(shard_size=2, progress=False, part=1, num_parts=2, mode="resume"),
+    )
+    assert merge(str(out))["splits"]["train"]["num_samples"] == 12
+    # a part converted into a folder that holds a complete dataset is refused, as a whole run is
+    whole = convert_synthetic(tmp_path / "whole", num=4)
+    with pytest.raises(UsageError, match="already holds a complete dataset"):
+        convert_synthetic(whole, num=4, part=0, num_parts=2)
+    assert not [n for n in os.listdir(whole) if "-p000-" in n]
