@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from datakit import schema
+from datakit import png, schema
 from datakit.errors import DatakitError
+from datakit.jpeg import jpeg_header
 from datakit.manifest import INFO_NAME, SHARD_NAME, DatasetInfo, ShardEntry, read_info
 from datakit.reader import iter_tar_members
 from datakit.storage import Location, StorageError
@@ -175,6 +176,9 @@ def check_sample(
         return str(exc)
     if s.meta.get("split") != entry.split:
         return f"{key}: metadata split {s.meta.get('split')!r} in a {entry.split!r} shard"
+    problem = _rgb_problem(key, members)
+    if problem:
+        return problem
     depth = info.depth
     problem = _depth_presence(key, s, depth is not None)
     if problem:
@@ -192,6 +196,21 @@ def check_sample(
         bad = schema.labels_outside(s.label, n, ignore)
         if bad:
             return f"{key}: label values {bad[:5]} outside 0..{n - 1} and ignore {ignore}"
+    return None
+
+
+def _rgb_problem(key: str, members: dict[str, bytes]) -> str | None:
+    """The RGB member must be 8-bit, 3-channel (SPEC 3) as stored, not only once decoded: the
+    decoders turn 16-bit, grey or RGBA images into 8-bit RGB without a word."""
+    if "rgb.png" in members:
+        head = png.header(members["rgb.png"])
+        if head is not None and (head[2], head[3]) != (8, 2):
+            kind = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(head[3], "?")
+            return f"{key}.rgb.png: a {head[2]}-bit {kind} PNG, the schema wants 8-bit RGB"
+    if "rgb.jpg" in members:
+        jpeg = jpeg_header(members["rgb.jpg"])
+        if jpeg is not None and jpeg[2] != 3:
+            return f"{key}.rgb.jpg: a JPEG of {jpeg[2]} component(s), the schema wants RGB (3)"
     return None
 
 

@@ -315,3 +315,30 @@ def test_verify_reports_a_malformed_pose_as_a_fault(ds64, tmp_path):
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
     assert f"FAULT {src}: train_000040: pose must be a 4x4 matrix" in res.output, res.output
     assert f"FAULT {src}: train_000041: pose must be a 4x4 matrix" in res.output
+
+
+@pytest.mark.parametrize("kind", ["grey_jpeg", "rgba_png", "png16"])
+def test_verify_reports_an_rgb_member_that_is_not_8_bit_rgb(tmp_path, kind):
+    """The decoders would turn these into 8-bit RGB silently; verify reads the stored format."""
+    from tests.conftest import convert_synthetic, with_bad_member
+
+    fmt = "jpg" if kind == "grey_jpeg" else "png"
+    ds = convert_synthetic(tmp_path / "ds", num=4, size=(32, 24), rgb_format=fmt)
+    rng = np.random.default_rng(0)
+    image = {
+        "grey_jpeg": rng.integers(0, 256, (24, 32), np.uint8),
+        "rgba_png": rng.integers(0, 256, (24, 32, 4), np.uint8),
+        "png16": rng.integers(0, 65536, (24, 32, 3), np.uint16),
+    }[kind]
+    data = cv2.imencode(f".{fmt}", image)[1].tobytes()
+    shard = with_bad_member(ds, tmp_path / "bad", f"train_000001.rgb.{fmt}", data)
+    res = CliRunner().invoke(main, ["verify", "-q", str(tmp_path / "bad")])
+    assert res.exit_code == 1, res.output
+    want = {
+        "grey_jpeg": "train_000001.rgb.jpg: a JPEG of 1 component(s), the schema wants RGB (3)",
+        "rgba_png": "train_000001.rgb.png: a 8-bit RGBA PNG, the schema wants 8-bit RGB",
+        "png16": "train_000001.rgb.png: a 16-bit RGB PNG, the schema wants 8-bit RGB",
+    }[kind]
+    assert f"FAULT {shard}: {want}" in res.output, res.output
+    res = CliRunner().invoke(main, ["verify", "-q", str(ds)])
+    assert res.exit_code == 0, res.output
