@@ -209,7 +209,11 @@ class ScanNetConverter(Converter):
                     str(depth_path), f"{where}: missing or not a 16-bit single-channel PNG"
                 )
                 continue
-            pose = read_matrix(root / "pose" / f"{index}.txt")
+            try:
+                pose = read_matrix(root / "pose" / f"{index}.txt")
+            except SourceError as exc:  # this frame's file: skip the frame, not the chunk
+                yield Skipped(exc.path, f"{where}: {exc.reason}")
+                continue
             if pose is not None:  # the .sens stores float32: keep both routes identical
                 pose = pose.astype(np.float32).astype(np.float64)
             if pose is not None and not np.isfinite(pose).all():

@@ -80,8 +80,10 @@ def label_lut(tsv_path: str) -> np.ndarray:
             sid, nyu = int(row["id"]), int(row["nyu40id"])
         except (TypeError, ValueError):
             continue  # rows without an nyu40 class stay ignored
-        if 0 <= sid < lut.size and nyu in train_id:
-            lut[sid] = train_id[nyu]
+        # The table repeats some ids (e.g. 188 "shower door" 8, then "shower doors" 38): the last
+        # row wins, as in ScanNet's read_label_mapping (a dict filled row by row).
+        if 0 <= sid < lut.size:
+            lut[sid] = train_id.get(nyu, IGNORE_INDEX)
     return lut
 
 

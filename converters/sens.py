@@ -36,6 +36,10 @@ _FIXED_HEADER = struct.Struct("<64f2i4IfQ")  # after the name: 4 matrices .. fra
 # Largest image side a header may claim: ScanNet's are 1296x968 (colour) and 640x480 (depth); a
 # corrupt header (100000x100000) would otherwise scale the intrinsics to nonsense.
 MAX_IMAGE_SIDE = 16384
+# Most bytes a frame's colour or depth blob may have: 4x its raw image + 1 MiB (JPEG, PNG and zlib
+# stay far below). A corrupt byte count that still fits in the file would otherwise be read whole.
+BLOB_RAW_FACTOR = 4
+BLOB_SLACK = 1 << 20
 # Frames whose offsets are remembered per process: one walk serves every chunk of a scan.
 _INDEX_CACHE_SCANS = 8
 
@@ -96,7 +100,8 @@ class SensReader:
     Use as a context manager. ``scan`` names the scan in every error message. Raises
     :class:`SourceError` for a header that is unreadable or implausible, and
     :class:`SensTruncated` (with the scan, frame index and byte offset) for a frame whose bytes run
-    past the end of the file; the frames before that one stay readable.
+    past the end of the file or whose byte counts are implausible for the header's image sizes
+    (never read, so memory stays bounded); the frames before that one stay readable.
     """
 
     def __init__(self, path: str | os.PathLike[str], scan: str | None = None) -> None:
@@ -210,6 +215,15 @@ class SensReader:
             raise self._truncated(
                 index, off, f"{csize} colour + {dsize} depth bytes run past the end of the file"
             )
+        (cw, ch), (dw, dh) = self.header.color_size, self.header.depth_size
+        for what, n, (w, h), raw in (
+            ("colour", csize, (cw, ch), cw * ch * 3),
+            ("depth", dsize, (dw, dh), dw * dh * 2),
+        ):
+            if n > BLOB_RAW_FACTOR * raw + BLOB_SLACK:
+                raise self._truncated(
+                    index, off, f"{what} byte count {n} is implausible for a {w}x{h} image"
+                )
         return head
 
     def _truncated(self, index: int, off: int, what: str) -> SensTruncated:

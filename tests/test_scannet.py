@@ -16,7 +16,7 @@ from converters.base import Skipped
 from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
 from converters.scannet import ScanNetConfig, ScanNetConverter, decode_color, jpeg_size
 from converters.scannet_layout import LABELS, SCANNET20_NYU40, label_lut, parse_scenes
-from converters.sens import SensReader
+from converters.sens import SensReader, SensTruncated
 from datakit.errors import SourceError
 from datakit.schema import Sample, decode, encode
 from tests import scannet_fixtures as fx
@@ -95,6 +95,26 @@ def test_reader_reports_truncation_with_scan_frame_and_offset(
     bad.write_bytes(struct.pack("<I", 3) + data[4:])
     with pytest.raises(SourceError, match="version 3"):
         SensReader(bad, "v3")
+
+
+def test_reader_refuses_implausible_byte_counts_that_fit_in_the_file(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    # A corrupt colour byte count that still fits in a multi-GB file would be read whole: here
+    # 2.5 MB claimed for a 160x120 frame, in a file padded to 3 MB after the frames.
+    small = replace(spec, frames=spec.frames[:2], imu=b"\0" * 3_000_000)
+    path = fx.write_sens(tmp_path / "c.sens", small)
+    with SensReader(path, "c") as r:
+        off1 = r.read_frame(1).offset
+    data = bytearray(path.read_bytes())
+    data[off1 + 80 : off1 + 88] = struct.pack("<Q", 2_500_000)  # frame 1's colour byte count
+    path.write_bytes(bytes(data))
+    with SensReader(path, "c") as r:
+        assert r.read_frame(0).color == spec.frames[0].color
+        with pytest.raises(
+            SensTruncated, match=rf"frame 1 at byte {off1}: colour byte count 2500000 is implaus"
+        ):
+            r.read_frame(1)
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -179,6 +199,20 @@ def test_label_map_follows_the_benchmark_ids() -> None:
         255,
         255,
     )  # wall, chair, unannotated, unknown
+
+
+def test_label_map_repeated_id_last_row_wins(tmp_path: Path) -> None:
+    # The real table repeats ids with different nyu40 classes (188: "shower door" 8, then
+    # "shower doors" 38). ScanNet's read_label_mapping fills a dict row by row: the last row wins.
+    rows = (
+        (188, "shower door", 8), (188, "shower doors", 38),  # door, then otherstructure
+        (385, "cabinet door", 8), (385, "cabinet doors", 3),  # door, then cabinet
+    )  # fmt: skip
+    lut = label_lut(str(fx.write_label_map(tmp_path / "labels.tsv", rows)))
+    assert (lut[188], lut[385]) == (255, 2)
+    real = FIXTURES / "scannet_meta" / "scannetv2-labels.combined.tsv"
+    if real.is_file():
+        assert label_lut(str(real))[188] == 255
 
 
 def test_chunks_and_frame_skip_not_dividing(tmp_path: Path, spec: fx.SensSpec) -> None:
@@ -428,6 +462,17 @@ def test_empty_exported_colour_file_is_skipped(tmp_path: Path, spec: fx.SensSpec
     assert "frame 2: missing or not a 16-bit" in skipped[1].reason
 
 
+def test_malformed_exported_pose_skips_only_that_frame(tmp_path: Path, spec: fx.SensSpec) -> None:
+    scene = tmp_path / "scans" / "scene0001_00"
+    fx.write_exported(scene, spec, frame_indices=range(4))
+    bad = scene / "pose" / "1.txt"
+    bad.write_text("0.0 1.0\n")  # cut short (disk full, interrupted export)
+    samples, skipped = _samples(tmp_path, frame_skip=1)  # one unit: frames 0..3
+    assert [s.meta["frame"] for s in samples] == [0, 2, 3]
+    assert [k.source for k in skipped] == [str(bad)]
+    assert skipped[0].reason.startswith("scan scene0001_00: frame 1: not a 4x4 matrix")
+
+
 # --- the real fixtures ----------------------------------------------------------------------------
 
 
@@ -550,7 +595,7 @@ def test_cli_workers_give_identical_shards(tmp_path: Path, spec: fx.SensSpec) ->
         )
         assert res.exit_code == 0, res.output
         outs.append(out)
-    # chunk units (100 frames) are smaller than a scan at scale; here check bytes across workers
+    # chunk units (50 frames) are smaller than a scan at scale; here check bytes across workers
     names = sorted(p.name for p in outs[0].glob("*.tar"))
     assert names and names == sorted(p.name for p in outs[1].glob("*.tar"))
     for n in names:
