@@ -107,7 +107,7 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
     import lasio
 
     try:
-        with _lasio_logging(path):
+        with _library_logging(path):
             las = lasio.read(str(path), ignore_header_errors=False)
     except Exception as exc:  # lasio raises many types for malformed files
         raise SourceError(path, f"not a readable LAS file ({type(exc).__name__}: {exc})") from None
@@ -126,7 +126,7 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
             label="",
             well=well,
             index_name=index_curve.mnemonic,
-            index_unit=index_curve.unit,
+            index_unit=index_curve.unit or _las_step_unit(las),
             channels=channels,
             load_index=lambda: np.asarray(index_curve.data, dtype=np.float64),
             load=lambda name: np.asarray(las.curves[name].data, dtype=np.float64),
@@ -134,34 +134,42 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
     ]
 
 
+def _las_step_unit(las: Any) -> str | None:
+    """The unit of STRT/STOP/STEP: LAS 2.0 gives the index unit there too, and some files only
+    there (``DEPT.   :`` on the ~C line)."""
+    units = [las.well[k].unit for k in ("STRT", "STOP", "STEP") if k in las.well]
+    return next((u for u in units if u), None)
+
+
 class _LasioRecords(logging.Handler):
-    """lasio logs through loggers without a handler, so Python's last-resort handler printed its
-    warnings as bare stderr lines. This forwards them to our logger, naming the file: notes about
-    lasio's own parser choice at debug level, the rest at the level lasio gave them."""
+    """lasio (and dlisio) log through loggers without a handler, so Python's last-resort handler
+    printed their warnings as bare stderr lines. This forwards them to our logger, naming the file:
+    notes about lasio's own parser choice at debug level, the rest at the level the library gave."""
 
     _NOTES = ("Only engine='normal' can read wrapped files",)  # lasio then uses that engine itself
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, library: str = "lasio") -> None:
         super().__init__()
         self.path = path
+        self.library = library
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         level = logging.DEBUG if message in self._NOTES else record.levelno
-        log.log(level, "%s: lasio: %s", self.path, message)
+        log.log(level, "%s: %s: %s", self.path, self.library, message)
 
 
 @contextmanager
-def _lasio_logging(path: Path) -> Iterator[None]:
-    lasio_log = logging.getLogger("lasio")
-    handler, propagate = _LasioRecords(path), lasio_log.propagate
-    lasio_log.addHandler(handler)
-    lasio_log.propagate = False
+def _library_logging(path: Path, library: str = "lasio") -> Iterator[None]:
+    lib_log = logging.getLogger(library)
+    handler, propagate = _LasioRecords(path, library), lib_log.propagate
+    lib_log.addHandler(handler)
+    lib_log.propagate = False
     try:
         yield
     finally:
-        lasio_log.removeHandler(handler)
-        lasio_log.propagate = propagate
+        lib_log.removeHandler(handler)
+        lib_log.propagate = propagate
 
 
 @contextmanager
@@ -173,7 +181,7 @@ def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
     except Exception as exc:  # dlisio raises RuntimeError/OSError/ValueError for bad files
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # dlisio's messages span lines
         raise SourceError(path, f"not a readable DLIS file ({reason})") from None
-    with files:
+    with files, _library_logging(path, "dlisio"):
         tables: list[_Table] = []
         for lf in files:
             wells = [str(o.well_name).strip() for o in lf.origins if o.well_name]
@@ -181,16 +189,20 @@ def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
                 chans = list(frame.channels)
                 if not chans:
                     continue
-                index_name = frame.index or chans[0].name
-                index_unit = (
-                    chans[0].units if frame.index and chans[0].name == frame.index else None
-                )
+                try:
+                    # The names frame.curves() gives: the mnemonic, or NAME.origin.copy where one
+                    # mnemonic is on several channels of the frame (dlisio's own example: TIME).
+                    labels = list(frame.dtype().names[1:])
+                except ValueError as exc:  # a channel the file does not define (a broken link)
+                    raise SourceError(path, f"frame {frame.name}: {exc}") from None
+                # With an index type the first channel is the index; without, the frame number.
+                indexed = frame.index_type is not None
+                index_name = labels[0] if indexed else "FRAMENO"
+                index_unit = chans[0].units if indexed else None
                 catalogue: dict[str, tuple[str | None, int | None]] = {}
-                for c in chans:
-                    if c.name == index_name:
-                        continue
+                for label, c in list(zip(labels, chans))[1 if indexed else 0 :]:
                     dims = list(c.dimension or [1])
-                    catalogue[c.name] = (c.units, dims[0] if len(dims) == 1 else None)
+                    catalogue[label] = (c.units, dims[0] if len(dims) == 1 else None)
                 tables.append(
                     _Table(
                         label=f"frame {frame.name}",
@@ -383,10 +395,10 @@ def read_well_log(
         raise SourceError(
             path, f"not a readable {FORMAT_NAMES[suffix].upper()} file ({reason})"
         ) from None
-    index = index * index_unit[1]
     if not np.all(np.isfinite(index)) or np.any(np.isin(index, NULL_VALUES)):
         bad = int(np.flatnonzero(~np.isfinite(index) | np.isin(index, NULL_VALUES))[0])
         raise SourceError(path, f"index {table.index_name!r} has a null at row {bad}")
+    index = index * index_unit[1]  # nulls are values in the file's unit: scale after the check
     order = _monotonic_order(path, table.index_name, index)
     image_curve = _reordered(image_curve, order)
     if depth_curve is not None:

@@ -634,3 +634,72 @@ def test_non_numeric_npz_index_is_a_source_error(tmp_path: Path) -> None:
     np.savez(path, depth=np.array(["a"] * 8), AMP=np.zeros((8, 4)))
     with pytest.raises(SourceError, match="not a readable NPZ file"):
         read_well_log(path, "AMP")
+
+
+def test_dlis_duplicated_mnemonics_are_told_apart(tmp_path: Path) -> None:
+    """dlisio names curves NAME.origin.copy where a frame holds one mnemonic twice (its own example
+    is the index, TIME); the index and channels are looked up by those names."""
+    from dliswriter import DLISFile
+
+    log = make_log(rows=64)
+    df = DLISFile()
+    lf = df.add_logical_file()
+    lf.add_origin("ORIGIN", well_name=log.well)
+    chans = [
+        lf.add_channel("DEPT", data=log.index, units="m"),
+        lf.add_channel("AMP", data=log.image, units="dB"),
+        lf.add_channel("DEPU", data=log.index + 1.0, units="m"),  # renamed DEPT (copy 1) below
+    ]
+    lf.add_frame("MAIN", channels=chans, index_type="BOREHOLE-DEPTH")
+    df.write(str(tmp_path / "w.dlis"), output_chunk_size=1 << 20)
+    data = (tmp_path / "w.dlis").read_bytes()
+    assert data.count(b"\x00\x04DEPU") == 2  # OBNAME: copy 0, "DEPU" (definition, frame)
+    path = tmp_path / "dup.dlis"
+    path.write_bytes(data.replace(b"\x00\x04DEPU", b"\x01\x04DEPT"))
+    got = read_well_log(path, "AMP")
+    assert got.index_name == "DEPT.0.0" and np.array_equal(got.index, log.index)
+    npz = read_well_log(write_log(log, tmp_path, "npz"), "AMP")
+    assert np.array_equal(got.image.values, npz.image.values, equal_nan=True)
+    with pytest.raises(SourceError, match=r"channels present: frame MAIN: AMP\[16\], DEPT\.0\.1"):
+        read_well_log(path, "NOPE")
+
+
+def test_dlis_frame_with_an_undefined_channel_is_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame listing a channel the file does not define (dlisio gives None) names the file;
+    dlisio's warning about it goes to our logger, naming the file, not to stderr."""
+    data = write_log(make_log(rows=64), tmp_path, "dlis").read_bytes()
+    assert data.count(b"\x00\x02TT") == 2  # the channel's definition, then the frame's reference
+    path = tmp_path / "broken.dlis"
+    path.write_bytes(data.replace(b"\x00\x02TT", b"\x00\x02TX", 1))
+    with pytest.raises(SourceError) as err:
+        read_well_log(path, "AMP")
+    assert str(err.value).startswith(f"{path}: frame MAIN: ") and "'TT'" in str(err.value)
+    assert "\n" not in str(err.value)
+    linked = [r for r in caplog.records if "Unable to find linked object" in r.getMessage()]
+    assert linked and all(
+        r.name == "converters.welllogs" and str(path) in r.getMessage() for r in linked
+    )
+
+
+def test_las_index_unit_from_strt_when_the_curve_has_none(tmp_path: Path) -> None:
+    """``DEPT.   :`` on the ~C line: the index unit is the one of STRT/STOP/STEP."""
+    log = make_log(rows=64)
+    path = write_log(log, tmp_path, "las")
+    text = path.read_text()
+    assert "\nDEPT .m   :" in text and "\nSTRT.m " in text
+    path.write_text(text.replace("\nDEPT .m   :", "\nDEPT .     :", 1))
+    got = read_well_log(path, "AMP{}")
+    assert got.index_unit == "m" and np.array_equal(got.index, log.index)
+
+
+def test_null_in_a_scaled_index_is_found(tmp_path: Path) -> None:
+    """-999.25 in a '0.1 in' index is a null, not -99.925 in (which a decreasing index accepted)."""
+    log = make_log(rows=64)
+    down = replace(
+        with_rows(log, slice(None, None, -1)), index=log.index[::-1] * 10, index_unit="0.1 in"
+    )
+    down.index[-1] = -999.25
+    with pytest.raises(SourceError, match="index 'depth' has a null at row 63"):
+        read_well_log(write_log(down, tmp_path, "npz"), "AMP")
