@@ -459,6 +459,13 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
 
     errors = [e for s in progress.shards for e in s["errors"]] + pending_errors
     entries = [ShardEntry.from_json(s) for s in progress.shards]
+    if cfg.part is None and not entries:  # (a part may hold no unit: merge joins it all the same)
+        why = (
+            f"all {len(errors)} skipped, the first: {errors[0]['source']}: {errors[0]['reason']}"
+            if errors
+            else "the source yielded none"
+        )
+        raise DatakitError(f"{loc.display}: no samples converted ({why})")
     errors_log = None
     if errors:
         errors_log = errors_name(cfg.part)

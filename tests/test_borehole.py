@@ -616,6 +616,11 @@ def test_empty_log_is_reported(tmp_path: Path) -> None:
     json.dumps(conv.info().extra, allow_nan=False)
     (item,) = run(conv)
     assert isinstance(item, Skipped) and "fewer than one window" in item.reason
+    assert not item.expected  # an empty log is bad input
+    short = write_log(make_log(rows=8, nulls=False), tmp_path / "short", "npz")
+    (item,) = run(converter(short, image="AMP", depth="TT", window=16))
+    assert isinstance(item, Skipped) and item.reason == "8 rows, fewer than one window of 16"
+    assert item.expected  # a short run: counted and logged even under --on-error fail, not fatal
 
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
@@ -703,3 +708,23 @@ def test_null_in_a_scaled_index_is_found(tmp_path: Path) -> None:
     down.index[-1] = -999.25
     with pytest.raises(SourceError, match="index 'depth' has a null at row 63"):
         read_well_log(write_log(down, tmp_path, "npz"), "AMP")
+
+
+def test_cli_a_run_that_converts_nothing_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    """A short run is an expected skip, but a conversion whose every unit is skipped has made no
+    dataset: exit 1 naming OUT and the first skip, and no _info.json (OUT, created by the run, is
+    removed again)."""
+    from click.testing import CliRunner
+
+    from datakit.cli import main
+
+    path = write_log(make_log(rows=8, nulls=False), tmp_path / "src", "npz")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main,
+        ["convert", "borehole", str(path.parent), str(out), "--image", "AMP", "--depth", "TT",
+         "--window", "16", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert f"{out}: no samples converted (all 1 skipped, the first: {path}: 8 rows" in res.output
+    assert not out.exists()
