@@ -163,7 +163,7 @@ def test_recalibrated_bn_goes_back_to_its_momentum() -> None:
 
 
 @pytest.mark.parametrize(
-    "yaml_text", ["image_size: abc", "holdout: '0.2'", "levels: 5", "batch_size: '8'"]
+    "yaml_text", ["image_size: abc", "holdout: twenty", "levels: 5", "batch_size: '8'"]
 )
 def test_an_eval_config_value_of_the_wrong_type_is_one_error_line(
     tmp_path: Path, yaml_text: str

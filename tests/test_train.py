@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from datakit.cli import main
+from datakit.errors import UsageError
 from training import checkpoint
 from training.config import TrainConfig, from_layers, resolve
 from training.loop import queue_fill_note
@@ -115,6 +117,14 @@ def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> No
     resolved = resolve(cfg, num_samples=640)
     assert resolved.optimizer == "sgd" and resolved.lr == pytest.approx(0.3 * 64 / 256)
     assert resolved.warmup_steps == min(5 * 640 // 64, 9 // 2)
+    # PyYAML reads 1e-4 (no dot) as a string: still the number the user wrote
+    cfg_file.write_text("weight_decay: 1e-4\nlr: 2E-3\n")
+    cfg = from_layers(
+        config_file=str(cfg_file), flags={"data": "d", "out": "o"}, overrides=["base_lr=5e-1"]
+    )
+    assert (cfg.weight_decay, cfg.lr, cfg.base_lr) == (1e-4, 2e-3, 0.5)
+    with pytest.raises(UsageError, match="expected a number, got '1e-4x'"):
+        from_layers(flags={"data": "d", "out": "o"}, overrides=["lr=1e-4x"])
 
     runner = CliRunner()
     bad = tmp_path / "bad.yaml"
@@ -150,6 +160,17 @@ def test_bad_values_are_refused_in_one_line(synthetic_dataset: Path, tmp_path: P
     assert res.exit_code == 2 and "not valid YAML" in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert not (tmp_path / "r").exists()
+    for override, msg in [
+        ("momentum=-1", "config momentum: must be in [0, 1)"),  # torch's SGD: a traceback
+        ("warmup_steps=-1", "config warmup_steps: must be >= 0"),
+        ("weight_decay=-0.0001", "config weight_decay: must be >= 0"),
+        ("ema=1.5", "config ema: must be in [0, 1]"),
+        ("tau=0", "config tau: must be positive"),
+        ("proj_dim=0", "config proj_dim: must be at least 1"),
+        ("epoch_samples=0", "config epoch_samples: must be at least 1"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(msg)):
+            from_layers(flags={"data": "d", "out": str(tmp_path / "r")}, overrides=[override])
 
 
 class Crash(Exception):
@@ -192,6 +213,70 @@ def test_killed_run_resumes_to_the_same_parameters(
         assert torch.equal(v, b["model"][k]), k
     assert [r["step"] for r in records(part)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in records(part)] == [r["loss"] for r in records(full)]
+
+
+def test_resume_that_does_not_fit_is_refused_and_keeps_the_run(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["--data", str(synthetic_dataset), "--out", str(run), *FAST]
+    assert train(*args, "--steps", "1").exit_code == 0
+    saved = (run / "config.yaml").read_text()
+    runner = CliRunner()
+    for extra, msg in [
+        (["--multiscale"], "does not fit this configuration"),  # was a load_state_dict traceback
+        (["--set", "optimizer=adamw"], "was trained with optimizer 'lars', not 'adamw'"),
+    ]:
+        res = runner.invoke(main, ["train", "--out", str(run), "--resume", "--steps", "2", *extra])
+        assert res.exit_code == 2 and msg in res.output, res.output
+        assert (run / "config.yaml").read_text() == saved  # the run still resumes as it was
+    # another per-rank batch: the checkpoint's position counts batches of 4, so the next epoch
+    res = train("--out", str(run), "--resume", "--steps", "2", "--batch-size", "8")
+    assert res.exit_code == 0, res.output
+    assert checkpoint.load(run / "last.pt")["data"] == [{"epoch": 1, "batch": 1}]
+
+
+def test_checkpoint_reaches_the_disk_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd: int) -> None:
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record_replace(src: Any, dst: Any) -> None:
+        events.append(f"replace {os.path.basename(src)}")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    checkpoint.save(tmp_path / "last.pt", {"x": torch.zeros(2)})
+    tmp = f".last.pt.tmp-{os.getpid()}"
+    assert events == [f"fsync {tmp}", f"replace {tmp}"]
+
+
+def test_checkpoint_holds_the_optimiser_state_on_the_cpu() -> None:
+    """A GPU run's momentum buffers must not make last.pt unloadable without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from training.config import resolve
+    from training.methods import build_method
+    from training.optim import build_optimizer
+
+    cfg = resolve(
+        TrainConfig(data="-", out="-", arch="resnet18", proj_hidden=16, steps=1, batch_size=4),
+        num_samples=4,
+    )
+    method = build_method(cfg)
+    optimizer = build_optimizer(method, cfg)
+    with FakeTensorMode():  # a CUDA tensor without a GPU
+        on_gpu = torch.zeros(3, device="cuda")
+    optimizer.state[next(method.parameters())]["momentum_buffer"] = on_gpu
+    state = checkpoint.build_state(cfg, method, optimizer, 1, [{"epoch": 0, "batch": 1}])
+    buffers = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+    assert buffers and all(b.device.type == "cpu" for b in buffers)
 
 
 def test_existing_run_needs_resume(synthetic_dataset: Path, tmp_path: Path) -> None:

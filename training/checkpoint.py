@@ -35,11 +35,17 @@ CHECKPOINT_NAME = "last.pt"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name in the same folder, then rename it to ``path``: readers
-    see the old file or the new one, never half of one."""
+    """Call ``write(tmp)`` on a temporary name in the same folder, flush it to disk, then rename it to
+    ``path``: readers, and a machine that crashes, see the old file or the new one, never half of
+    one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # else the rename can reach the disk before the data does
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -69,7 +75,7 @@ def build_state(
         "config": to_dict(cfg),
         "backbone": {k[9:]: v for k, v in model.items() if k.startswith("backbone.")},
         "model": model,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": _to_cpu(optimizer.state_dict()),
         "data": positions,
         "rng": rng_state(),
     }
@@ -121,6 +127,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
     )
+
+
+def _to_cpu(x: Any) -> Any:
+    """Tensors in nested dicts and lists moved to the CPU (a GPU run's optimiser state)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
 
 
 def _listify(x: Any) -> Any:

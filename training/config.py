@@ -7,6 +7,7 @@ for) is written to ``RUN/config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -119,6 +120,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def coerce(name: str, value: Any, tp: Any) -> Any:
     """Check and convert one YAML/flag value to the field's type; raises UsageError."""
     origin = typing.get_origin(tp)
@@ -145,6 +149,8 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # 1e-4: YAML 1.1 (PyYAML) reads a float without a dot as a string
         raise UsageError(f"config {name}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -237,12 +243,28 @@ def validate(cfg: TrainConfig) -> None:
         "log_every",
         "ckpt_every",
         "queue_size",
+        "proj_hidden",
+        "proj_dim",
+        "head_hidden",
+        "head_dim",
+        "pred_hidden",
     )
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UsageError(f"config {key}: must be at least 1, got {getattr(cfg, key)}")
-    if cfg.workers < 0:
-        raise UsageError(f"config workers: must be >= 0, got {cfg.workers}")
+    if cfg.epoch_samples is not None and cfg.epoch_samples < 1:
+        raise UsageError(f"config epoch_samples: must be at least 1, got {cfg.epoch_samples}")
+    for key in ("workers", "shuffle_buffer", "warmup_steps", "weight_decay"):  # None: derived
+        value = getattr(cfg, key)
+        if value is not None and value < 0:
+            raise UsageError(f"config {key}: must be >= 0, got {value}")
+    for key in ("tau", "lars_trust"):
+        if not getattr(cfg, key) > 0:
+            raise UsageError(f"config {key}: must be positive, got {getattr(cfg, key)}")
+    if not 0 <= cfg.momentum < 1:
+        raise UsageError(f"config momentum: must be in [0, 1), got {cfg.momentum}")
+    if not 0 <= cfg.ema <= 1:
+        raise UsageError(f"config ema: must be in [0, 1], got {cfg.ema}")
     if cfg.image_size % 32:
         raise UsageError(
             f"config image_size: must be a multiple of 32 (the C5 stride), got {cfg.image_size}"

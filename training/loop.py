@@ -186,14 +186,25 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
+    if state is not None and state["config"].get("optimizer") != cfg.optimizer:
+        raise UsageError(
+            f"--resume: {ckpt_path} was trained with optimizer {state['config'].get('optimizer')!r}, "
+            f"not {cfg.optimizer!r}"
+        )
     if rt.main and (note := queue_fill_note(cfg)):
         print(f"datakit train: {note}", file=sys.stderr)
+    return cfg, ckpt_path, state, dataset
+
+
+def _write_config(cfg: TrainConfig, rt: Runtime) -> None:
+    """RUN/config.yaml (rank 0), once the checkpoint of a resumed run has loaded: a refused resume
+    leaves the run's configuration as it was."""
     if rt.main:
+        run = Path(cfg.out)
         run.mkdir(parents=True, exist_ok=True)
         tmp = run / f".{CONFIG_NAME}.tmp"
         tmp.write_text(dump_yaml(dataclasses.replace(cfg, resume=False)))
         os.replace(tmp, run / CONFIG_NAME)
-    return cfg, ckpt_path, state, dataset
 
 
 @dataclass
@@ -262,7 +273,14 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = 
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[assignment]
     optimizer = build_optimizer(method, cfg)
     if state is not None:
-        method.load_state_dict(state["model"])
+        try:
+            method.load_state_dict(state["model"])
+        except RuntimeError as exc:  # a model setting (multiscale, proj_dim, ...) changed
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+            raise UsageError(
+                f"--resume: {Path(cfg.out) / checkpoint.CHECKPOINT_NAME} does not fit this "
+                f"configuration ({lines[min(1, len(lines) - 1)][:200]})"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
     model: nn.Module = method
     if rt.distributed:
@@ -285,19 +303,23 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     _configure_determinism(cfg, rt)
     cfg, ckpt_path, state, dataset = _prepare(cfg, rt)
     stepper = build_stepper(cfg, rt, state)
+    _write_config(cfg, rt)
+    per_rank = cfg.batch_size // (rt.world * cfg.accum_steps)
     start, position = 0, {"epoch": 0, "batch": 0}
     if state is not None:
         start = int(state["step"])
         checkpoint.set_rng_state(state["rng"])
-        if len(state["data"]) == rt.world:
+        saved, ranks = state["config"], len(state["data"])
+        saved_per_rank = saved["batch_size"] // (ranks * saved.get("accum_steps", 1))
+        if ranks == rt.world and saved_per_rank == per_rank:
             position = state["data"][rt.rank]
-        else:  # another world size: every rank starts the next epoch
+        else:  # positions count batches of another size: every rank starts the next epoch
             position = {"epoch": int(state["data"][0]["epoch"]) + 1, "batch": 0}
     cuda = rt.device.type == "cuda"
     stream = BatchStream(
         dataset,
         cfg,
-        per_rank=cfg.batch_size // (rt.world * cfg.accum_steps),
+        per_rank=per_rank,
         position=position,
         device=str(rt.device),
         gpu_views=cfg.gpu_views if cfg.gpu_views is not None else cuda,
