@@ -15,7 +15,7 @@ from datakit.errors import DatakitError, SampleError
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample
 from datakit.storage import Location, StorageConfig
-from datakit.streaming import ShardSamples
+from datakit.streaming import ShardSamples, open_tar_stream
 
 Handler = Callable[[Exception], bool]
 
@@ -133,14 +133,14 @@ def _rng(seed: int) -> Any:
 def iter_tar_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a shard's members by key (the name up to the first dot): (key, {extension: bytes}).
 
-    Strict, for ``verify``: raises :class:`DatakitError` naming ``where`` on a broken tar, a member
-    that is not a regular file, a key split across non-adjacent runs.
+    Strict, for ``verify``: raises :class:`DatakitError` naming ``where`` on a broken or truncated
+    tar, a member that is not a regular file, a key split across non-adjacent runs.
     """
     seen: set[str] = set()
     key: str | None = None
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with open_tar_stream(stream, "r|") as tar:
             for info in tar:
                 if not info.isfile():
                     raise DatakitError(f"{where}: member {info.name!r} is not a regular file")
@@ -160,6 +160,7 @@ def iter_tar_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, dict[
                 if ext in members:
                     raise DatakitError(f"{where}: duplicate member {info.name!r}")
                 members[ext] = data
+            tar.check_ended()
     except tarfile.TarError as exc:
         raise DatakitError(f"{where}: broken tar ({exc})") from None
     if key is not None:

@@ -228,7 +228,8 @@ def classify(exc: BaseException) -> str:
                 return "missing"
             if status in (401, 403):
                 return "denied"
-            if status in (408, 425, 429) or status >= 500:
+            # 501 Not Implemented / 505: the server (a wrong endpoint) will never do it
+            if status in (408, 425, 429) or (status >= 500 and status not in (501, 505)):
                 return "transient"
             return "error"
         if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, TruncatedRead)):

@@ -11,7 +11,8 @@ import base64
 import contextlib
 import urllib.request
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from http.client import HTTPMessage
+from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from datakit.remote import StorageConfig, StorageError, TruncatedRead, retry
@@ -95,6 +96,8 @@ class StreamSource(ABC):
                 if total is None:
                     raise StorageError(f"{self.url}: the server gives no object size")
                 self._size, self._etag = total, etag
+            elif self._etag and etag and etag != self._etag:  # resumed on another object
+                raise StorageError(f"{self.url}: changed while being read (ETag {etag})")
             if start and not ranged:  # no range support: skip what we already have
                 left = start
                 while left:
@@ -150,12 +153,39 @@ class StreamSource(ABC):
         self._drop()
 
 
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follows redirects without the Authorization header where they leave the origin (urllib
+    forwards every header, so a redirect to another host would receive the password)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(req.full_url) != _origin(new.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    p = urlsplit(url)
+    return p.scheme, p.hostname, p.port or {"http": 80, "https": 443}.get(p.scheme)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginAuth)
+
+
 class HttpSource(StreamSource):
     """An http(s) URL through urllib (Basic auth from credentials taken out of the URL)."""
 
     def _request(self, start: int) -> tuple[Any, int | None, str, bool]:
         headers = {"Range": f"bytes={start}-"} if start else {}
-        resp = urllib.request.urlopen(self._req(headers), timeout=self.config.timeout_s)  # noqa: S310
+        resp = _OPENER.open(self._req(headers), timeout=self.config.timeout_s)
         total: int | None = None
         content_range = resp.headers.get("Content-Range", "")
         if resp.status == 206 and content_range.rsplit("/", 1)[-1].isdigit():
@@ -166,7 +196,7 @@ class HttpSource(StreamSource):
         return resp, total, etag, resp.status == 206 or not start
 
     def _head(self) -> tuple[int | None, str]:
-        resp = urllib.request.urlopen(self._req({}, "HEAD"), timeout=self.config.timeout_s)  # noqa: S310
+        resp = _OPENER.open(self._req({}, "HEAD"), timeout=self.config.timeout_s)
         with resp:
             length = resp.headers.get("Content-Length")
             etag = resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""

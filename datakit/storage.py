@@ -13,6 +13,7 @@ into a URL are taken out of it on entry (:mod:`datakit.urls`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -103,8 +104,9 @@ def filesystem(url: str, config: StorageConfig | None = None, **storage_options:
             total=None, sock_connect=min(10.0, config.timeout_s), sock_read=config.timeout_s
         )
         opts = {"client_kwargs": {"timeout": timeout}}
-        if creds:
-            opts["client_kwargs"]["auth"] = aiohttp.BasicAuth(*creds)
+        if creds:  # a header per request, not session auth: that one follows redirects anywhere
+            token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            opts["headers"] = {"Authorization": f"Basic {token}"}
     elif creds:
         raise UsageError(f"{redact(url)}: credentials in {protocol}:// URLs are not supported")
     opts.update(storage_options)

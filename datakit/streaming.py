@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from datakit.remote import StorageConfig, StorageError, TruncatedRead, _short, retry
 from datakit.sources import FsspecSource, HttpSource, RangeSource, S3Source, make_source
@@ -38,6 +38,7 @@ __all__ = [
     "make_source",
     "open_shard",
     "open_stream",
+    "open_tar_stream",
     "register_gopen_handlers",
 ]
 
@@ -267,12 +268,49 @@ def open_shard(url: str, config: StorageConfig | None = None, *, fs: Any = None)
 # --- WebDataset stage ----------------------------------------------------------------------------
 
 
+class _TarStream(tarfile.TarFile):
+    """A TarFile that knows whether its members ended at the end-of-archive block: tarfile ends the
+    member list silently where a file is cut at or inside a header (or a header is garbage), so a
+    truncated shard would lose its last samples without a word."""
+
+    ended = False
+
+    def check_ended(self, where: str = "") -> None:
+        """Raises :class:`tarfile.ReadError` unless the archive ended with its end block."""
+        if not self.ended:
+            raise tarfile.ReadError(
+                f"{where}{': ' if where else ''}cut short or corrupt after byte {self.offset} "
+                "(no end-of-archive block)"
+            )
+
+
+_EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+
+
+class _EndMarkingInfo(tarfile.TarInfo):
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> _EndMarkingInfo:
+        try:
+            return super().fromtarfile(tar)
+        except _EOF_HEADER:  # a block of zeros where a header would be: the end of the archive
+            if isinstance(tar, _TarStream):
+                tar.ended = True
+            raise
+
+
+def open_tar_stream(stream: IO[bytes], mode: Literal["r|*", "r|"] = "r|*") -> _TarStream:
+    """``tarfile.open(fileobj=stream, mode=mode)`` whose :meth:`_TarStream.check_ended`, called after
+    the last member, tells a complete archive from a truncated one."""
+    return _TarStream.open(fileobj=stream, mode=mode, tarinfo=_EndMarkingInfo)  # type: ignore[return-value]
+
+
 def iter_shard_samples(stream: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) of each sample of a tar stream, WebDataset's grouping rules (key =
-    path up to the first dot of the file name); only complete samples are yielded."""
+    path up to the first dot of the file name); only complete samples are yielded. Raises
+    :class:`tarfile.TarError` on a broken or truncated tar."""
     key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with open_tar_stream(stream) as tar:
         for info in tar:
             tar.members = []  # type: ignore[attr-defined]  # else every header is kept: memory grows
             if not info.isreg():
@@ -288,6 +326,7 @@ def iter_shard_samples(stream: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes
                     yield key, members
                 key, members = k, {}
             members[ext] = data
+        tar.check_ended()
     if key is not None:
         yield key, members
 

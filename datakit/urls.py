@@ -47,25 +47,56 @@ def check_writable(
         )
 
 
+# Schemes whose ``user@`` is a credential; elsewhere it may be a name (``abfs://container@account...``),
+# taken for a credential only with a ``:password``.
+_CREDENTIAL_SCHEMES = ("s3", "s3a", "gs", "gcs", "http", "https")
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # no ":" in a bucket name: never a host:port
+# A password holding "/", "?" or "#" (about half of all AWS secret keys hold a "/") ends urlsplit's
+# host early, and the secret would stay in the URL as host and path: what precedes the next "@" is
+# userinfo when it reads user:password, not host:port.
+_LOOSE_USERINFO = re.compile(r"([^/?#@:]+:[^@]*)@")
+_HOST_PORT = re.compile(r"[^:]*:\d*(?:[/?#]|$)")
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(``scheme://``, userinfo, the rest after its ``@``) of a URL holding credentials, else None."""
+    m = _URL.match(url)
+    if m is None:
+        return None
+    head, rest = url[: m.end()], url[m.end() :]
+    scheme = head[:-3].lower()
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        userinfo = authority.rsplit("@", 1)[0]
+    else:
+        loose = _LOOSE_USERINFO.match(rest)
+        if loose is None or (scheme not in _BUCKET_SCHEMES and _HOST_PORT.match(loose.group(1))):
+            return None
+        userinfo = loose.group(1)
+    if scheme not in _CREDENTIAL_SCHEMES and ":" not in userinfo:
+        return None
+    return head, userinfo, rest[len(userinfo) + 1 :]
+
+
 def redact(url: str) -> str:
     """Mask credentials in a URL: ``s3://key:secret@bucket/x`` -> ``s3://***@bucket/x``, and the values
     of signature/token/key query parameters (pre-signed URLs, SAS tokens)."""
     if not _URL.match(url):
         return url
+    found = _userinfo(url)
+    if found is not None:
+        url = f"{found[0]}***@{found[2]}"
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
             [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def redact_text(text: str) -> str:
@@ -96,14 +127,12 @@ def _origin(url: str) -> str:
 
 def register_url_credentials(url: str) -> str:
     """Take ``user:password@`` out of ``url``, remember it for that origin, return the clean URL."""
-    if not is_url(url):
+    found = _userinfo(url) if is_url(url) else None
+    if found is None:
         return url
-    p = urlsplit(url)
-    if "@" not in p.netloc:
-        return url
-    userinfo, host = p.netloc.rsplit("@", 1)
+    head, userinfo, rest = found
     user, _, password = userinfo.partition(":")
-    clean = urlunsplit((p.scheme, host, p.path, p.query, p.fragment))
+    clean = head + rest
     _CREDENTIALS[_origin(clean)] = (unquote(user), unquote(password))
     return clean
 

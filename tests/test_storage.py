@@ -3,6 +3,7 @@ plain http.server, and a fault-injecting proxy (resets, 503s, truncated bodies, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -104,6 +105,39 @@ def test_credentials_leave_the_url(monkeypatch):
     assert "SECRET" not in loc.url + loc.path("a.tar") + repr(loc)
 
 
+def test_secret_with_a_slash_leaves_the_url(monkeypatch):
+    """About half of all AWS secret keys hold a "/", which ends urlsplit's host early: the secret
+    must still leave the URL, and never show in a message."""
+    import datakit.urls
+
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})
+    url = "s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@bucket-x/prefix"
+    assert redact(url) == "s3://***@bucket-x/prefix"
+    assert "XUtn" not in redact_text(f"failed: {url}/_info.json: denied")
+    assert register_url_credentials(url) == "s3://bucket-x/prefix"
+    assert datakit.urls.url_credentials("s3://bucket-x/y") == (
+        "AKIAEXAMPLE",
+        "wJalr/XUtnFEMI+K7MDENG",
+    )
+    assert register_url_credentials("https://u:p/w?x@host/ds") == "https://host/ds"
+    # an "@" in a path after a host:port, or in a key, is not a credential
+    for plain in ("http://host:8080/users/a@b.c/ds", "s3://bucket/k@x", "http://host/a:b@c"):
+        assert redact(plain) == plain and register_url_credentials(plain) == plain
+
+
+def test_abfs_container_at_account_is_not_a_credential(monkeypatch):
+    """adlfs's fully qualified form: ``abfs://container@account.dfs.core.windows.net/path``."""
+    import datakit.urls
+    from datakit.storage import filesystem
+
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})
+    url = "abfs://container@acct.dfs.core.windows.net/ds"
+    loc = Location(url)
+    assert loc.url == url and loc.display == url
+    with contextlib.suppress(StorageError):  # no adlfs here; a "credentials" UsageError fails
+        filesystem(loc.url)
+
+
 def test_classify_errors():
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -130,6 +164,8 @@ def test_classify_errors():
     assert classify(PermissionError("Forbidden")) == "denied"
     assert classify(NoCredentialsError()) == "denied"
     assert classify(ValueError("bad")) == "error"
+    # a wrong endpoint answering 501 will never do it: no retries, no "unreachable"
+    assert classify(client_error(501, "NotImplemented")) == "error"
 
 
 def test_retry_is_bounded_and_only_for_transient_errors(monkeypatch):
@@ -416,6 +452,25 @@ def test_http_resume_after_truncation_without_range_support(datasets, http_serve
         proxy.close()
 
 
+def test_resume_refuses_an_object_changed_meanwhile(aws, tmp_path):
+    """A broken stream resumes with ``Range: bytes=N-``: on an object rewritten meanwhile that would
+    splice two objects into one silently corrupt shard."""
+    from datakit.streaming import S3Source
+
+    url = f"s3://{aws.bucket}/changed/blob.tar"
+    loc = Location(f"s3://{aws.bucket}/changed")
+    rng = np.random.default_rng(3)
+    loc.write_bytes("blob.tar", rng.bytes(64 << 10))
+    source = S3Source(url, FAST)
+    try:
+        assert len(source.read_range(0, 16 << 10)) == 16 << 10
+        loc.write_bytes("blob.tar", rng.bytes(64 << 10))  # same size, other bytes
+        with pytest.raises(StorageError, match=r"blob\.tar: changed while being read"):
+            source.read_range(32 << 10, 48 << 10)  # not where the stream is: reopened
+    finally:
+        source.close()
+
+
 def test_persistent_failure_is_a_bounded_error(aws, datasets, proxied):
     proxied.faults.extend(["503"] * 100)
     with pytest.raises(StorageError, match=r"train-000002\.tar: unreachable after 3 attempt"):
@@ -622,6 +677,84 @@ def test_reader_memory_does_not_grow_with_the_stream(aws, datasets):
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_truncated_shard_is_an_error_not_fewer_samples(tmp_path):
+    """tarfile ends its member list silently where a file is cut at or inside a header: a shard cut
+    there (an interrupted copy) must fail naming it, not lose its last samples without a word."""
+    import io
+
+    from datakit.reader import iter_tar_members
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for key in ("a", "b", "c"):
+            for ext in ("rgb.png", "json"):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = 600
+                tar.addfile(info, io.BytesIO(b"x" * 600))
+    whole = buf.getvalue()
+    (tmp_path / "whole.tar").write_bytes(whole)
+    assert [s["__key__"] for s in pipeline([str(tmp_path / "whole.tar")], decode=False)] == [
+        "a",
+        "b",
+        "c",
+    ]
+    member = 512 + 1024  # header + data padded to blocks
+    for cut in (4 * member, 4 * member + 100):  # at a header, inside one
+        (tmp_path / "cut.tar").write_bytes(whole[:cut])
+        with pytest.raises(StorageError, match=r"cut\.tar: unreadable shard \(.*cut short"):
+            list(pipeline([str(tmp_path / "cut.tar")], decode=False))
+        with open(tmp_path / "cut.tar", "rb") as f, pytest.raises(DatakitError, match="cut short"):
+            list(iter_tar_members(f, "cut.tar"))
+
+
+def test_http_redirect_to_another_host_gets_no_password(tmp_path, monkeypatch):
+    """urllib and aiohttp's session auth forward Authorization on every redirect; a redirect to
+    another host (a CDN, a pre-signed bucket URL) must not receive the password."""
+    import http.server
+    import threading
+
+    import datakit.urls
+
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})
+    seen: list[str | None] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"data")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    other = f"http://localhost:{target.server_address[1]}/blob"  # another origin
+
+    class Redirect(Target):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", other)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    servers = (target, redirect)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://user:hunter2@127.0.0.1:{redirect.server_address[1]}"
+        with open_stream(register_url_credentials(f"{base}/blob"), FAST) as f:
+            assert f.read() == b"data"
+        assert Location(base, config=FAST).read_bytes("blob") == b"data"
+        assert seen == [None, None], seen
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 def test_local_errors_name_the_file(tmp_path):
