@@ -236,6 +236,25 @@ def test_resume_that_does_not_fit_is_refused_and_keeps_the_run(
     assert checkpoint.load(run / "last.pt")["data"] == [{"epoch": 1, "batch": 1}]
 
 
+def test_resume_uses_this_runs_optimiser_settings(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The checkpoint's optimiser state carries its hyperparameters; a resume with another weight
+    decay or momentum trains with the new ones (they were silently the old ones)."""
+    run = tmp_path / "run"
+    args = ["--data", str(synthetic_dataset), "--out", str(run), *FAST]
+    assert train(*args, "--steps", "1").exit_code == 0
+    old = checkpoint.load(run / "last.pt")["optimizer"]["param_groups"]
+    res = train(
+        "--out", str(run), "--resume", "--steps", "2", "--set", "weight_decay=0.001",
+        "--set", "momentum=0.5",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    state = checkpoint.load(run / "last.pt")["optimizer"]
+    assert [g["weight_decay"] for g in old] == [1e-5, 0.0]
+    assert [g["weight_decay"] for g in state["param_groups"]] == [0.001, 0.0]
+    assert {g["momentum"] for g in state["param_groups"]} == {0.5}
+    assert state["state"]  # the momentum buffers came with the checkpoint
+
+
 def test_checkpoint_reaches_the_disk_before_its_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

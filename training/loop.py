@@ -281,7 +281,13 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = 
                 f"--resume: {Path(cfg.out) / checkpoint.CHECKPOINT_NAME} does not fit this "
                 f"configuration ({lines[min(1, len(lines) - 1)][:200]})"
             ) from None
+        # the checkpoint brings the optimiser's state (momentum buffers, AdamW moments) and, with
+        # it, its hyperparameters: this run's (momentum, weight decay, trust ...) win; lr is set
+        # every step by the schedule
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        for group, mine in zip(optimizer.param_groups, settings, strict=True):
+            group.update(mine)
     model: nn.Module = method
     if rt.distributed:
         model = nn.parallel.DistributedDataParallel(
