@@ -367,7 +367,7 @@ def read_well_log(
     try:
         with READERS[suffix](path) as tables:
             table = _pick_table(path, tables, image, depth)
-            image_name = image if image is not None else _only_image_channel(path, table)
+            image_name = image if image is not None else _only_image_channel(path, table, depth)
             image_curve = _load_curve(path, table, image_name, negative_invalid, min_sectors=2)
             depth_curve = None
             if depth is not None:
@@ -427,7 +427,9 @@ def _pick_table(path: Path, tables: list[_Table], image: str | None, depth: str 
         raise SourceError(path, "no frames with channels")
     wanted = [n for n in (image, depth) if n is not None]
     for t in tables:
-        if all(_resolve(t, n) for n in wanted) and (image is not None or _image_candidates(t)):
+        if all(_resolve(t, n) for n in wanted) and (
+            image is not None or _image_candidates(t, depth)
+        ):
             return t
     present = "; ".join(t.describe() for t in tables)
     missing = [n for n in wanted if not any(_resolve(t, n) for t in tables)]
@@ -462,11 +464,15 @@ def _unusable(table: _Table, request: str) -> str | None:
     return None if name is None else f"{name!r} has {table.unusable[name]}"
 
 
-def _image_candidates(table: _Table) -> dict[str, int]:
+def _image_candidates(table: _Table, depth: str | None = None) -> dict[str, int]:
     """Requests that could be the image, with their sector counts: every multi-sector channel, and
     every family of numbered scalar columns (``ABDC{}M`` for ABDC1M..ABDC16M) numbered without gaps
-    from 0 or 1, with at least :data:`MIN_FAMILY_SECTORS` members."""
-    out = {n: k for n, (_, k) in table.channels.items() if k is not None and k > 1}
+    from 0 or 1, with at least :data:`MIN_FAMILY_SECTORS` members; not the channels ``depth`` (the
+    exogenous channel's request) names."""
+    taken = set(_resolve(table, depth)) if depth is not None else set()
+    out = {
+        n: k for n, (_, k) in table.channels.items() if k is not None and k > 1 and n not in taken
+    }
     seen: set[tuple[str, ...]] = set()
     for name, (_, k) in table.channels.items():
         if k != 1:
@@ -480,14 +486,14 @@ def _image_candidates(table: _Table) -> dict[str, int]:
             seen.add(members)
             numbers = [i for i, _ in sectors]
             first = numbers[0]
-            scalar = all(table.channels[n][1] == 1 for n in members)
+            scalar = all(table.channels[n][1] == 1 for n in members) and not taken & set(members)
             if scalar and first in (0, 1) and numbers == list(range(first, first + len(numbers))):
                 out[pattern] = len(members)
     return out
 
 
-def _only_image_channel(path: Path, table: _Table) -> str:
-    candidates = _image_candidates(table)
+def _only_image_channel(path: Path, table: _Table, depth: str | None) -> str:
+    candidates = _image_candidates(table, depth)
     if len(candidates) != 1:
         listed = ", ".join(f"{n!r} ({k} sectors)" for n, k in candidates.items())
         raise SourceError(

@@ -340,6 +340,10 @@ def test_without_image_a_single_numbered_family_is_the_image(tmp_path: Path) -> 
         read_well_log(write_log(log, tmp_path / "two", "las"), None)
     assert "2 candidate image channels: 'AMP{}' (16 sectors), 'TT{}' (8 sectors)" in str(err.value)
     assert "--image 'AMP{}'" in str(err.value)
+    # ... unless one of them is the exogenous channel: --depth 'TT{}' leaves AMP{} the image
+    both = read_well_log(tmp_path / "two" / "well.las", None, "TT{}")
+    assert both.image.request == "AMP{}" and both.depth is not None
+    assert both.depth.request == "TT{}"
 
 
 def test_without_image_gapped_or_small_families_are_not_images(tmp_path: Path) -> None:
