@@ -65,6 +65,7 @@ class ShardStream(io.RawIOBase):
         self._next = 0  # next offset to fetch
         self._buf = memoryview(b"")
         self._pending: deque[Future[bytes]] = deque()
+        self._closing = False  # set first by close(): a fetch retrying then gives up
         workers = 1 if source.sequential else max(1, config.readahead)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="datakit-read")
         self._fill()
@@ -80,7 +81,7 @@ class ShardStream(io.RawIOBase):
                 raise TruncatedRead(f"got {len(data)} of {end - start} bytes at offset {start}")
             return data
 
-        return retry(once, self.source.url, self.config, cancelled=lambda: self.closed)
+        return retry(once, self.source.url, self.config, cancelled=lambda: self._closing)
 
     def _fill(self) -> None:
         while self._next < self.size and len(self._pending) < 1 + self.config.readahead:
@@ -130,6 +131,7 @@ class ShardStream(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            self._closing = True  # before the source closes: no retry opens a request on it
             for fut in self._pending:
                 fut.cancel()
             self._pending.clear()
