@@ -4,6 +4,7 @@ files under ``RUN/tb`` and a progress bar. Only rank 0 writes."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ class MetricsLog:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
-        self.path.write_text("".join(k + "\n" for k in keep))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)  # a kill now leaves the old records or the trimmed ones
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
