@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            net.momentum_update(momentum_at(step, cfg.steps, cfg.momentum))
+            net.momentum_update(momentum_at(step, cfg.steps, cfg.ema))
             batch = next(stream)
             views = (batch["view1"], batch["view2"])
             q = [
