@@ -249,22 +249,32 @@ def match_key(rx: re.Pattern[str], rel: str) -> str | None:
     m = rx.fullmatch(rel)
     if m is None:
         return None
+    # Only what the wildcards matched before the extension counts ('*.*' on '0001.jpg' keys '0001').
+    stem_end = len(rel) - len(os.path.splitext(rel)[1])
     components: dict[int, str] = {}
     for name in sorted(m.groupdict(), key=lambda n: tuple(int(x) for x in n[1:].split("_"))):
         comp = int(name[1:].split("_")[0])
-        components[comp] = components.get(comp, "") + (m.group(name) or "")
-    values = [v for _, v in sorted(components.items()) if v]
-    ext = os.path.splitext(rel)[1]
-    if values and ext and values[-1].endswith(ext):
-        values[-1] = values[-1][: -len(ext)]
-    key = "/".join(v for v in values if v)
+        start, end = m.span(name)
+        part = rel[start : min(end, stem_end)] if start != -1 else ""
+        components[comp] = components.get(comp, "") + part
+    key = "/".join(v for _, v in sorted(components.items()) if v)
     return key or os.path.splitext(os.path.basename(rel))[0]
 
 
 def _walk(src: str) -> list[str]:
     rels = []
-    for root, dirs, files in os.walk(src):
-        dirs.sort()
+    # Linked folders are followed, as glob does (a SRC assembled from links to the data), except
+    # a link back to a folder above it (a cycle): each folder knows the real paths above it.
+    above = {src: frozenset({os.path.realpath(src)})}
+    for root, dirs, files in os.walk(src, followlinks=True):
+        mine = above.pop(root)
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real not in mine:
+                kept.append(d)
+                above[os.path.join(root, d)] = mine | {real}
+        dirs[:] = kept
         rel_root = os.path.relpath(root, src)
         for name in sorted(files):
             rel = name if rel_root == "." else f"{rel_root}/{name}"

@@ -70,7 +70,7 @@ class SyntheticConverter(Converter):
         click.Option(
             ["--size"], type=SIZE, default="320x240", show_default=True, help="Image size WxH."
         ),
-        click.Option(["--seed"], type=int, default=0, show_default=True),
+        click.Option(["--seed"], type=click.IntRange(min=0), default=0, show_default=True),
         click.Option(
             ["--per-unit"],
             type=click.IntRange(min=1),

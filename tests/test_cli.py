@@ -188,6 +188,18 @@ def test_convert_refuses_existing_and_conflicting_flags(ds64):
     assert res.exit_code == 2 and "No such command" in res.output
 
 
+def test_a_negative_seed_is_a_usage_error_not_a_traceback(ds64, tmp_path):
+    """Seeds feed numpy's SeedSequence, which takes no negative number: refused at parsing."""
+    for args in (
+        ["preview", str(ds64), "-o", str(tmp_path / "s.png"), "--seed", "-1"],
+        ["convert", "synthetic", str(tmp_path / "syn"), "--num", "1", "--seed", "-1"],
+        ["train", "--data", str(ds64), "--out", str(tmp_path / "run"), "--seed", "-1"],
+    ):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and "Invalid value for '--seed'" in res.output, (args, res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_parts_and_merge_via_cli(tmp_path):
     out = tmp_path / "p"
     for i in range(2):

@@ -57,6 +57,29 @@ def test_patterns_with_fixed_extensions_and_suffixes(tmp_path: Path) -> None:
     assert [s.meta["id"] for s in out] == ["a/frame-000", "b/frame-000"]  # type: ignore[union-attr]
 
 
+def test_an_extension_matched_by_a_second_wildcard_is_dropped(tmp_path: Path) -> None:
+    """docs/converters/folder.md: files pair whatever their extensions, also under '*.*'."""
+    write_rgb(tmp_path / "rgb/0001.jpg", rgb_image(6, 8, 0))
+    write_depth(tmp_path / "depth/0001.png", np.ones((6, 8), np.uint16))
+    (s,) = _run(tmp_path, rgb="rgb/*.*", depth="depth/*.*", depth_scale=0.001)
+    assert isinstance(s, Sample) and s.meta["id"] == "0001" and s.key == "0001", s
+
+
+def test_linked_folders_are_followed(tmp_path: Path) -> None:
+    """A SRC assembled from links to the data pairs as glob would; a link cycle ends."""
+    write_rgb(tmp_path / "data/rgb/0001.png", rgb_image(6, 8, 0))
+    write_depth(tmp_path / "data/depth/0001.png", np.ones((6, 8), np.uint16))
+    (tmp_path / "src").mkdir()
+    for role in ("rgb", "depth"):
+        (tmp_path / "src" / role).symlink_to(tmp_path / "data" / role, target_is_directory=True)
+    (tmp_path / "data/rgb/loop").symlink_to(tmp_path / "data/rgb", target_is_directory=True)
+    (s,) = _run(tmp_path / "src", rgb="rgb/**/*.png", depth="depth/**/*.png", depth_scale=0.001)
+    assert isinstance(s, Sample) and s.meta["files"] == {
+        "rgb": "rgb/0001.png",
+        "depth": "depth/0001.png",
+    }
+
+
 def test_16bit_png_metric_is_stored_losslessly(tmp_path: Path) -> None:
     mm = np.arange(6 * 8, dtype=np.uint16).reshape(6, 8) * 1000
     write_rgb(tmp_path / "rgb/x.png", rgb_image(6, 8, 0))

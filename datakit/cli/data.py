@@ -285,7 +285,11 @@ def verify(dataset: str, quiet: bool) -> None:
     "--n", default=8, show_default=True, type=click.IntRange(min=1), help="Samples (rows)."
 )
 @click.option(
-    "--seed", default=0, show_default=True, help="Which samples, views and pairs are shown."
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Which samples, views and pairs are shown.",
 )
 @click.option("--split", default=None, help="Only this split (default: all).")
 def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: str | None) -> None:

@@ -46,7 +46,7 @@ from datakit.urls import check_writable
     "--workers", type=click.IntRange(min=0), default=None, help="Loader processes per rank [4]."
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
-@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
 @click.option("--multiscale/--no-multiscale", default=None, help="Loss on C3, C4, C5 [off].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [off].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms.")
