@@ -24,6 +24,7 @@ import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
 from converters.imaging import resize_nearest, resize_rgb
+from datakit import png
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample, labels_outside
 
@@ -161,7 +162,9 @@ class FolderConverter(Converter):
         cfg = self.config
         rgb_path = os.path.join(cfg.src, pair.rgb)
         depth_path = os.path.join(cfg.src, pair.depth)
-        bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR)
+        # stored pixel order, as the depth map's: no EXIF rotation (a rotated photo would not
+        # line up with its depth)
+        bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if bgr is None:
             raise SourceError(rgb_path, "not a readable image")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
@@ -274,9 +277,9 @@ def _walk(src: str) -> list[str]:
             if real not in mine:
                 kept.append(d)
                 above[os.path.join(root, d)] = mine | {real}
-        dirs[:] = kept
+        dirs[:] = [d for d in kept if not d.startswith(".")]  # hidden: skipped, as glob's * does
         rel_root = os.path.relpath(root, src)
-        for name in sorted(files):
+        for name in sorted(f for f in files if not f.startswith(".")):  # e.g. macOS ._0001.jpg
             rel = name if rel_root == "." else f"{rel_root}/{name}"
             rels.append(rel.replace(os.sep, "/"))
     return rels
@@ -355,6 +358,15 @@ def _unpaired_message(unpaired: tuple[tuple[str, str], ...], src: str) -> str:
 # --- reading and storing depth -----------------------------------------------------------------
 
 
+def _is_palette_png(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = png.header(f.read(33))
+    except OSError:
+        return False  # the reader below names the file
+    return head is not None and head[3] == 3
+
+
 def read_array(path: str) -> np.ndarray:
     """A single-channel depth/label file as a 2-D array of its own dtype; SourceError otherwise."""
     ext = os.path.splitext(path)[1].lower()
@@ -363,6 +375,14 @@ def read_array(path: str) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise SourceError(path, f"not a readable .npy: {exc}") from None
+    elif _is_palette_png(path):  # indexed colour (Pascal VOC labels): the indices are the values
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img)
+        except OSError as exc:
+            raise SourceError(path, f"not a readable PNG: {exc}") from None
     else:
         arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if arr is None:

@@ -374,3 +374,34 @@ def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:
     clone = pickle.loads(pickle.dumps(conv))
     (unit,) = pickle.loads(pickle.dumps(conv.units()))
     assert len([s for s in clone.convert(unit) if isinstance(s, Sample)]) == 4
+
+
+def test_hidden_files_exif_rotation_and_palette_labels(tmp_path: Path) -> None:
+    """What a real folder brings: macOS ``._`` companions and hidden folders are ignored (as glob's
+    ``*`` ignores them); a JPEG's EXIF orientation is not applied (the depth map is in the stored
+    pixel order); a palette PNG label (Pascal VOC style) gives its indices, not colours."""
+    from PIL import Image
+
+    rgb = rgb_image(6, 8, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=100, exif=exif)
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "rgb.jpg").rename(tmp_path / "rgb/x.jpg")
+    (tmp_path / "rgb/._x.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    write_rgb(tmp_path / "rgb/.cache/y.png", rgb)
+    write_depth(tmp_path / "depth/x.png", np.full((6, 8), 1000, np.uint16))
+    write_depth(tmp_path / "depth/._x.png", np.full((6, 8), 1000, np.uint16))
+    lab = (np.arange(48).reshape(6, 8) % 3).astype(np.uint8)
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (253 * 3))
+    (tmp_path / "label").mkdir()
+    pal.save(tmp_path / "label/x.png")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    s = _one(
+        tmp_path, label="label/*.png", classes=str(tmp_path / "classes.txt"), depth_scale=0.001
+    )
+    with Image.open(tmp_path / "rgb/x.jpg") as img:  # PIL leaves EXIF orientation alone
+        stored = np.asarray(img.convert("RGB")).astype(int)
+    assert s.rgb.shape == (6, 8, 3) and np.abs(s.rgb.astype(int) - stored).max() <= 2
+    np.testing.assert_array_equal(s.label, lab)

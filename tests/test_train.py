@@ -168,6 +168,7 @@ def test_bad_values_are_refused_in_one_line(synthetic_dataset: Path, tmp_path: P
         ("tau=0", "config tau: must be positive"),
         ("proj_dim=0", "config proj_dim: must be at least 1"),
         ("epoch_samples=0", "config epoch_samples: must be at least 1"),
+        ("seed=-1", "config seed: must be >= 0"),  # numpy's traceback once training started
     ]:
         with pytest.raises(UsageError, match=re.escape(msg)):
             from_layers(flags={"data": "d", "out": str(tmp_path / "r")}, overrides=[override])

@@ -254,7 +254,13 @@ def validate(cfg: TrainConfig) -> None:
             raise UsageError(f"config {key}: must be at least 1, got {getattr(cfg, key)}")
     if cfg.epoch_samples is not None and cfg.epoch_samples < 1:
         raise UsageError(f"config epoch_samples: must be at least 1, got {cfg.epoch_samples}")
-    for key in ("workers", "shuffle_buffer", "warmup_steps", "weight_decay"):  # None: derived
+    for key in (
+        "workers",
+        "shuffle_buffer",
+        "warmup_steps",
+        "weight_decay",
+        "seed",
+    ):  # None: derived
         value = getattr(cfg, key)
         if value is not None and value < 0:
             raise UsageError(f"config {key}: must be >= 0, got {value}")
