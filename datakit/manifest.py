@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from datakit.errors import DatakitError, DatasetIncomplete
+from datakit.errors import DatakitError, DatasetIncomplete, UsageError
 from datakit.schema import SCHEMA_VERSION
 from datakit.storage import Location, StorageError
 
@@ -124,8 +124,8 @@ class DatasetInfo:
         return self.raw.get("depth")
 
     def shards_of(self, split: str | None = None) -> list[ShardEntry]:
-        if split is not None and split not in self.splits:
-            raise DatakitError(
+        if split is not None and split not in self.splits:  # a wrong --split: usage, exit 2
+            raise UsageError(
                 f"no split {split!r} in {self.name or 'dataset'}; have {self.splits}"
             )
         return [s for s in self.shards if split is None or s.split == split]

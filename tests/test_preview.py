@@ -600,6 +600,16 @@ def test_cli_preview_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
+def test_cli_preview_unknown_split_is_a_usage_error(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    res = CliRunner().invoke(
+        main, ["preview", str(synthetic_dataset), "--split", "nope", "-o", str(tmp_path / "s.png")]
+    )
+    assert res.exit_code == 2 and "no split 'nope'" in res.output and "'train', 'val'" in res.output
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_cli_preview_writes_both_outputs_or_neither(
     synthetic_dataset: Path, tmp_path: Path
 ) -> None:
