@@ -28,6 +28,22 @@ def convert64(out: Path) -> list[str]:
             "--no-progress"]  # fmt: skip
 
 
+def rewrite_members(shard: Path, edit) -> None:
+    """Rewrite ``shard`` with ``edit(name, data)`` applied to each member: new bytes, or None to
+    drop the member (the manifest is left as it was)."""
+    import io
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, data in members:
+            new = edit(m.name, data)
+            if new is None:
+                continue
+            m.size = len(new)
+            tar.addfile(m, io.BytesIO(new))
+
+
 @pytest.fixture(scope="module")
 def ds64(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "syn"
@@ -94,16 +110,9 @@ def test_verify_reports_missing_shard_and_undecodable_sample(ds64, tmp_path):
     (bad / "train-000001.tar").unlink()
     # Rewrite shard 3 with a corrupt PNG for one sample, keeping the manifest: hash and decode fail.
     src = bad / "train-000003.tar"
-    with tarfile.open(src) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    import io
-
-    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
-        for m, data in members:
-            if m.name.endswith("000050.depth.png"):
-                data = b"\x89PNG broken"
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
+    rewrite_members(
+        src, lambda name, data: b"\x89PNG broken" if name.endswith("000050.depth.png") else data
+    )
     res = run("verify", "-q", str(bad))
     assert res.exit_code == 1
     assert "train-000001.tar: missing or unreadable" in res.output
@@ -114,23 +123,21 @@ def test_verify_reports_a_missing_depth_member(ds64, tmp_path):
     """A sample whose metadata says has_depth (or, without the flag, whose manifest has depth) but
     that lacks depth.png is a fault, even in a shard whose hash and size match the manifest."""
     import hashlib
-    import io
 
     bad = tmp_path / "nodepth"
     shutil.copytree(ds64, bad)
     src = bad / "train-000001.tar"
-    with tarfile.open(src) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
-        for m, data in members:
-            if m.name in ("train_000017.depth.png", "train_000018.depth.png"):
-                continue
-            if m.name == "train_000018.json":  # a sample written before has_depth existed
-                meta = json.loads(data)
-                assert meta.pop("has_depth") is True
-                data = json.dumps(meta).encode()
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if name in ("train_000017.depth.png", "train_000018.depth.png"):
+            return None
+        if name == "train_000018.json":  # a sample written before has_depth existed
+            meta = json.loads(data)
+            assert meta.pop("has_depth") is True
+            return json.dumps(meta).encode()
+        return data
+
+    rewrite_members(src, edit)
     info = json.loads((bad / "_info.json").read_text())
     for entry in info["shards"]:
         if entry["name"] == src.name:
@@ -311,18 +318,15 @@ def test_verify_reports_a_malformed_pose_as_a_fault(ds64, tmp_path):
     bad = tmp_path / "pose"
     shutil.copytree(ds64, bad)
     src = bad / "train-000002.tar"
-    with tarfile.open(src) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    import io
 
-    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tar:
-        for m, data in members:
-            if m.name in ("train_000040.json", "train_000041.json"):
-                meta = json.loads(data)
-                meta["pose"] = [[1, 2], [3]] if m.name.endswith("40.json") else "identity"
-                data = json.dumps(meta).encode()
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
+    def edit(name: str, data: bytes) -> bytes:
+        if name not in ("train_000040.json", "train_000041.json"):
+            return data
+        meta = json.loads(data)
+        meta["pose"] = [[1, 2], [3]] if name.endswith("40.json") else "identity"
+        return json.dumps(meta).encode()
+
+    rewrite_members(src, edit)
     res = CliRunner().invoke(main, ["verify", "-q", str(bad)])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
     assert f"FAULT {src}: train_000040: pose must be a 4x4 matrix" in res.output, res.output
