@@ -95,6 +95,13 @@ class ViewConfig:
             raise UsageError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
         if not (0.0 <= self.min_overlap <= 1.0):
             raise UsageError(f"min_overlap must be within [0, 1], got {self.min_overlap}")
+        if not (min(self.jitter[:3]) >= 0 and 0 <= self.jitter[3] <= 0.5):
+            raise UsageError(
+                "jitter strengths: brightness, contrast, saturation >= 0 and hue within [0, 0.5], "
+                f"got {self.jitter}"
+            )
+        if not (0 < self.blur_sigma[0] <= self.blur_sigma[1]):
+            raise UsageError(f"blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma}")
         probs = [self.hflip, self.jitter_p, self.grayscale_p, *self.blur_p, *self.solarize_p]
         if not all(0.0 <= p <= 1.0 for p in probs):
             raise UsageError("probabilities must be within [0, 1]")
@@ -195,6 +202,12 @@ def sample_box(
     return Box((width - w) // 2, (height - h) // 2, w, h)
 
 
+def _factor(strength: float, u: float) -> float:
+    """torchvision's ColorJitter factor: uniform in [max(0, 1 - strength), 1 + strength]."""
+    lo = max(0.0, 1.0 - strength)
+    return float(lo + (1.0 + strength - lo) * u)
+
+
 def sample_photometric(rng: np.random.Generator, cfg: ViewConfig, index: int) -> Photometric:
     """Colour parameters of view ``index`` (0 or 1). Always draws the same count of numbers."""
     u = rng.random(5)
@@ -206,9 +219,9 @@ def sample_photometric(rng: np.random.Generator, cfg: ViewConfig, index: int) ->
         return Photometric()
     return Photometric(
         jitter=bool(u[0] < cfg.jitter_p),
-        brightness=float(1 - b + 2 * b * factors[0]),
-        contrast=float(1 - c + 2 * c * factors[1]),
-        saturation=float(1 - s + 2 * s * factors[2]),
+        brightness=_factor(b, factors[0]),
+        contrast=_factor(c, factors[1]),
+        saturation=_factor(s, factors[2]),
         hue=float(-h + 2 * h * factors[3]),
         order=order,
         grayscale=bool(u[1] < cfg.grayscale_p),

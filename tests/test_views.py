@@ -339,6 +339,31 @@ def test_config_validation():
         ViewConfig(min_overlap=2.0)
     with pytest.raises(UsageError):
         ViewConfig(hflip=1.5)
+    for jitter in [(-0.1, 0.4, 0.2, 0.1), (0.4, 0.4, 0.2, 0.6)]:
+        with pytest.raises(UsageError, match="jitter strengths"):
+            ViewConfig(jitter=jitter)
+    with pytest.raises(UsageError, match="blur_sigma"):
+        ViewConfig(blur_sigma=(0.0, 2.0))
+
+
+def test_jitter_factors_follow_torchvision_ranges():
+    """[max(0, 1 - s), 1 + s]: a strength over 1 never gives a negative factor (which the CPU
+    brightness op turned into its absolute value); strengths up to 1 keep their old draws."""
+    from datakit.views import sample_photometric
+
+    strong = ViewConfig(jitter=(1.5, 1.5, 1.5, 0.5), jitter_p=1.0)
+    ps = [sample_photometric(np.random.default_rng(i), strong, 0) for i in range(300)]
+    for name in ("brightness", "contrast", "saturation"):
+        values = [getattr(p, name) for p in ps]
+        assert min(values) >= 0 and max(values) <= 2.5 and max(values) > 2.0
+    recipe = ViewConfig()
+    p = sample_photometric(np.random.default_rng(7), recipe, 0)
+    rng = np.random.default_rng(7)
+    rng.random(5)
+    u = rng.random(4)
+    assert p.brightness == pytest.approx(0.6 + 0.8 * u[0]) and p.saturation == pytest.approx(
+        0.8 + 0.4 * u[2]
+    )
 
 
 def test_collate_gives_the_spec_batch():
