@@ -202,7 +202,7 @@ def find_scans(src: Path) -> list[Scan]:
             )
             if scan is None:
                 continue
-            if not KEY_PATTERN.match(scan.name):
+            if not KEY_PATTERN.fullmatch(scan.name):
                 raise SourceError(
                     folder, "scan folder names must match [A-Za-z0-9_-]+ (sample keys)"
                 )

@@ -125,9 +125,7 @@ class DatasetInfo:
 
     def shards_of(self, split: str | None = None) -> list[ShardEntry]:
         if split is not None and split not in self.splits:  # a wrong --split: usage, exit 2
-            raise UsageError(
-                f"no split {split!r} in {self.name or 'dataset'}; have {self.splits}"
-            )
+            raise UsageError(f"no split {split!r} in {self.name or 'dataset'}; have {self.splits}")
         return [s for s in self.shards if split is None or s.split == split]
 
     def num_samples(self, split: str | None = None) -> int:

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - optional speed-up
 
 def header(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, bit depth, colour type) from the IHDR chunk, or None if not a PNG."""
-    if data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
+    if len(data) < 26 or data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
         return None
     width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
     return width, height, depth, colour
@@ -47,6 +47,8 @@ def decode_gray(data: bytes, *, rows: int | None = None) -> np.ndarray | None:
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
+            if len(body) != 13:  # corrupt header: the general decoder reports it
+                return None
             ihdr = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             idat.append(body)
@@ -80,7 +82,9 @@ def decode_gray(data: bytes, *, rows: int | None = None) -> np.ndarray | None:
     filters = scanlines[:, 0]
     if (filters > 2).any():
         return None
-    out = np.ascontiguousarray(scanlines[:, 1:])
+    # A copy, always: a single row is already contiguous, and ascontiguousarray would hand back a
+    # view of the read-only inflated bytes (Sub rows could not be undone in place).
+    out = scanlines[:, 1:].copy()
     # Row by row with whole-row vector adds: faster than numpy's cumsum along either axis here.
     prev = None
     for row, kind in zip(out, filters.tolist(), strict=True):

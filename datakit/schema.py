@@ -7,6 +7,7 @@ member's extension. Codecs are dispatched by extension through :data:`CODECS`, a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -218,7 +219,8 @@ class DecodedSample:
 
 def validate_key(key: str) -> str:
     """Return ``key`` or raise :class:`SampleError` when WebDataset would mangle it (dots etc.)."""
-    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+    # fullmatch: "$" alone lets a trailing newline through.
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise SampleError(f"invalid sample key {key!r}: must match {KEY_PATTERN.pattern}")
     return key
 
@@ -269,8 +271,15 @@ def validate_meta(meta: Mapping[str, Any], *, key: str, width: int, height: int)
         raise SampleError(
             f"{key}: metadata says {meta['width']}x{meta['height']}, image is {width}x{height}"
         )
-    if not (isinstance(meta["depth_scale"], (int, float)) and meta["depth_scale"] > 0):
-        raise SampleError(f"{key}: depth_scale must be a positive number")
+    scale = meta["depth_scale"]
+    # JSON decoding accepts Infinity (0 x inf = NaN would turn invalid pixels into NaN); bool is int.
+    if not (
+        isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and math.isfinite(scale)
+        and scale > 0
+    ):
+        raise SampleError(f"{key}: depth_scale must be a positive finite number")
     intr = meta.get("intrinsics")
     if intr is not None and not (
         isinstance(intr, dict) and all(k in intr for k in ("fx", "fy", "cx", "cy"))

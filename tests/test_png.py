@@ -60,3 +60,25 @@ def test_first_rows_only_and_header():
 
     assert header(data) == (70, 60, 16, 0)
     assert header(b"nope") is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(1, 5), (1, 1), (3, 1), (40, 1)])
+def test_single_row_or_column_sub_rows(dtype, shape):
+    """One row is already contiguous: the fast path undid Sub in place on the read-only inflated
+    bytes ("output array is read-only") and handed back a read-only view."""
+    arr = (np.arange(shape[0] * shape[1]) * 97 + 3).astype(dtype).reshape(shape)
+    for filt in ("none", "sub", "up"):
+        out = decode_gray(encode(arr, filt))
+        assert out is not None and out.dtype == arr.dtype and np.array_equal(out, arr)
+        assert out.flags.writeable
+    data = encode(np.tile(arr, (5, 1)), "sub")
+    assert np.array_equal(decode_gray(data, rows=1), arr[:1])
+
+
+def test_cut_header_declines_instead_of_struct_error():
+    from datakit.png import header
+
+    cut = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x05"
+    assert header(cut) is None
+    assert decode_gray(cut) is None

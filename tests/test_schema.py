@@ -72,7 +72,7 @@ def test_depth_png_is_real_16_bit_png():
     np.testing.assert_array_equal(back, depth)
 
 
-@pytest.mark.parametrize("key", ["a.b", "", "a b", "x/y", "é", "k.rgb"])
+@pytest.mark.parametrize("key", ["a.b", "", "a b", "x/y", "é", "k.rgb", "k\n"])
 def test_bad_keys_are_refused(key):
     with pytest.raises(SampleError, match="invalid sample key"):
         schema.validate_key(key)
@@ -97,6 +97,26 @@ def test_encode_refuses_wrong_dtypes_and_shapes():
         schema.encode(schema.Sample("k", "train", rgb, m))
     with pytest.raises(SampleError, match="metadata says"):
         schema.encode(schema.Sample("k", "train", rgb, _meta(4, 4)))
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), True, 0, -1.0, "0.001"])
+def test_depth_scale_must_be_positive_finite(scale):
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    with pytest.raises(SampleError, match="depth_scale must be"):
+        schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4, depth_scale=scale)))
+    members = schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4)))
+    meta = members["json"].replace(b'"depth_scale":0.001', b'"depth_scale":Infinity')
+    with pytest.raises(SampleError, match="depth_scale must be"):
+        schema.decode("k", {**members, "json": meta})
+
+
+def test_corrupt_png_header_is_a_sample_error_naming_the_member():
+    """A PNG whose IHDR is cut short raised struct.error out of the fast path."""
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    members = schema.encode(schema.Sample("k", "train", rgb, _meta(5, 4)), rgb_format="png")
+    bad = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x05"
+    with pytest.raises(SampleError, match=r"k\.depth\.png: image bytes do not decode"):
+        schema.decode("k", {**members, "depth.png": bad})
 
 
 def test_decode_is_strict_and_ignores_undeclared_members():
