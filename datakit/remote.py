@@ -90,10 +90,15 @@ class StorageConfig:
                     values[name] = float(raw)
                 elif "int" in str(types[name]):
                     values[name] = parse_bytes(raw)
+                elif name == "on_shard_error" and raw not in ON_SHARD_ERROR:
+                    raise ValueError(raw)
                 else:
                     values[name] = raw
             except ValueError:
-                raise UsageError(f"{var}={raw!r} is not a valid value") from None
+                choices = (
+                    f" (one of {', '.join(ON_SHARD_ERROR)})" if name == "on_shard_error" else ""
+                )
+                raise UsageError(f"{var}={raw!r} is not a valid value{choices}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

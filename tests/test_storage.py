@@ -229,9 +229,15 @@ def test_config_from_env(monkeypatch):
         "skip",
         2,
     )
-    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "ignore")
-    with pytest.raises(DatakitError, match="on-shard-error"):
+    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "ignore")  # the variable is named, not an option
+    with pytest.raises(DatakitError) as err:
         StorageConfig.from_env()
+    assert (
+        str(err.value) == "DATAKIT_ON_SHARD_ERROR='ignore' is not a valid value (one of fail, skip)"
+    )
+    monkeypatch.delenv("DATAKIT_ON_SHARD_ERROR")
+    with pytest.raises(DatakitError, match="--on-shard-error must be one of fail, skip"):
+        StorageConfig.from_env(on_shard_error="ignore")
 
 
 # --- S3: convert, verify, read -------------------------------------------------------------------

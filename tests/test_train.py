@@ -225,7 +225,8 @@ def test_resume_that_does_not_fit_is_refused_and_keeps_the_run(
     saved = (run / "config.yaml").read_text()
     runner = CliRunner()
     for extra, msg in [
-        (["--multiscale"], "does not fit this configuration"),  # was a load_state_dict traceback
+        (["--multiscale"], "was trained with multiscale False, not True"),  # was a traceback
+        (["--set", "proj_dim=64"], "was trained with proj_dim 256, not 64"),
         (["--set", "optimizer=adamw"], "was trained with optimizer 'lars', not 'adamw'"),
     ]:
         res = runner.invoke(main, ["train", "--out", str(run), "--resume", "--steps", "2", *extra])
@@ -235,6 +236,21 @@ def test_resume_that_does_not_fit_is_refused_and_keeps_the_run(
     res = train("--out", str(run), "--resume", "--steps", "2", "--batch-size", "8")
     assert res.exit_code == 0, res.output
     assert checkpoint.load(run / "last.pt")["data"] == [{"epoch": 1, "batch": 1}]
+
+
+def test_resume_of_a_finished_run_trains_nothing_and_says_so(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert (
+        train("--data", str(synthetic_dataset), "--out", str(run), *FAST, "--steps", "1").exit_code
+        == 0
+    )
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    res = train("--out", str(run), "--resume")
+    assert res.exit_code == 0, res.output
+    assert "is already at step 1 of 1; nothing to train" in res.output and "nan" not in res.output
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_resume_uses_this_runs_optimiser_settings(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ class TrainResult:
     step: int
     loss: float
     checkpoint: Path
+    finished_before: bool = False  # a --resume of a run already at its last step: nothing trained
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
@@ -159,6 +160,20 @@ def queue_fill_note(cfg: TrainConfig) -> str | None:
     )
 
 
+# Settings a resumed run must share with its checkpoint (the model's shape, the optimiser's kind);
+# method and arch are checked before the dataset is opened.
+RESUME_FIXED = (
+    "optimizer",
+    "multiscale",
+    "proj_hidden",
+    "proj_dim",
+    "head_hidden",
+    "head_dim",
+    "pred_hidden",
+    "queue_size",
+)
+
+
 def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str, Any] | None, Any]:
     from datakit.reader import open_dataset
 
@@ -186,11 +201,12 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
-    if state is not None and state["config"].get("optimizer") != cfg.optimizer:
-        raise UsageError(
-            f"--resume: {ckpt_path} was trained with optimizer {state['config'].get('optimizer')!r}, "
-            f"not {cfg.optimizer!r}"
-        )
+    for key in RESUME_FIXED if state is not None else ():
+        was = state["config"].get(key) if state is not None else None
+        if was != getattr(cfg, key):
+            raise UsageError(
+                f"--resume: {ckpt_path} was trained with {key} {was!r}, not {getattr(cfg, key)!r}"
+            )
     if rt.main and (note := queue_fill_note(cfg)):
         print(f"datakit train: {note}", file=sys.stderr)
     return cfg, ckpt_path, state, dataset
@@ -321,6 +337,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
             position = state["data"][rt.rank]
         else:  # positions count batches of another size: every rank starts the next epoch
             position = {"epoch": int(state["data"][0]["epoch"]) + 1, "batch": 0}
+        if start >= cfg.steps:
+            return TrainResult(Path(cfg.out), start, math.nan, ckpt_path, finished_before=True)
     cuda = rt.device.type == "cuda"
     stream = BatchStream(
         dataset,

@@ -79,7 +79,14 @@ def train(
         overrides=overrides,
     )
     result = run_train(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary line, from rank 0
+        return
+    if result.finished_before:
+        click.echo(
+            f"{cfg.method} {cfg.arch}: {result.checkpoint} is already at step {result.step} of "
+            f"{cfg.steps}; nothing to train (raise --steps to train on)"
+        )
+    else:
         click.echo(
             f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> {result.checkpoint}"
         )
