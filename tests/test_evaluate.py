@@ -306,8 +306,9 @@ def test_cli_eval(synthetic_dataset: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and "--checkpoint" in r.output
     r = CliRunner().invoke(main, [*args, "--checkpoint", str(tmp_path / "none.pt")])
-    assert r.exit_code == 1 and "no such checkpoint" in r.output
-    assert "Traceback" not in r.output
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    # one line, before any data is read (no dataset summary first)
+    assert r.output.strip() == f"Error: {tmp_path / 'none.pt'}: no such checkpoint", r.output
 
 
 def test_eval_when_every_train_shard_is_skipped(

@@ -244,6 +244,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     from datakit.reader import open_dataset
 
     validate(cfg)
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
+        raise DatakitError(f"{cfg.checkpoint}: no such checkpoint")  # before any data is read
     t0 = time.perf_counter()
     ds = open_dataset(cfg.data)
     label_set = ds.info.labels
