@@ -140,14 +140,14 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
     "--arch",
     type=click.Choice(["resnet18", "resnet50"]),
     default=None,
-    help="With --random-init (a checkpoint names its own).",
+    help="With --random-init (a checkpoint names its own) [resnet50].",
 )
 @click.option(
     "--levels", default=None, help="Feature maps: c5 (default) or c3,c4,c5 (concatenated)."
 )
 @click.option("--image-size", type=click.IntRange(min=32), default=None, help="Short side [224].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[30 linear, 15 finetune]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[16]")
 @click.option(
     "--lr", type=float, default=None, help="Head lr (AdamW) [0.01 linear, 0.001 finetune]."
 )
@@ -157,11 +157,11 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
     default=None,
     help="[val, or a held-out 20% of train when the dataset has no val; a named split must exist]",
 )
-@click.option("--max-train", type=click.IntRange(min=1), default=None)
-@click.option("--max-eval", type=click.IntRange(min=1), default=None)
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--seed", type=int, default=None)
+@click.option("--max-train", type=click.IntRange(min=1), default=None, help="[all]")
+@click.option("--max-eval", type=click.IntRange(min=1), default=None, help="[all]")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [0].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
+@click.option("--seed", type=int, default=None, help="[0]")
 def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> None:
     """Segmentation probe of a pretrained backbone on DATASET's labels: mIoU and per-class IoU."""
     from training.config import read_yaml
