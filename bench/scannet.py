@@ -14,7 +14,10 @@ that zlib and PNG do not get unrealistically smooth input.
   color/N.jpg, depth/N.png, pose/N.txt with PIL's defaults (colour resized to 640x480), tar the folders.
 - floor: per kept frame, the bare calls ours cannot avoid, timed one by one: JPEG decode (DCT-halved),
   resize, zlib inflate, encode (JPEG q95 + 16-bit PNG + JSON, as the writer encodes).
-- memory: peak RSS of each child (os.wait4 ru_maxrss: the largest of the process and its workers).
+- memory: peak RSS of each child, the largest of the process (VmHWM) and its workers (ru_maxrss);
+  not the child's own ru_maxrss, which after subprocess's vfork + exec also counts this
+  process's peak.
+Throughput: ours and the reference interleaved, best of --repeats for each.
 """
 
 from __future__ import annotations
@@ -180,10 +183,24 @@ def child(args: argparse.Namespace) -> None:
         )
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     workers_cpu = cpu_seconds(children_only=True) - k0
+    rss_mb = peak_rss_mb()
     shutil.rmtree(out, ignore_errors=True)
     print(
-        json.dumps({"seconds": seconds, "cpu": cpu, "workers_cpu": workers_cpu, "frames": frames})
-    )
+        json.dumps({"seconds": seconds, "cpu": cpu, "workers_cpu": workers_cpu, "frames": frames,
+                    "rss_mb": rss_mb})
+    )  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS (MB) of this process (VmHWM) and of its reaped children (the writer's workers).
+
+    Not this process's ru_maxrss (nor os.wait4's in the parent): subprocess starts children with
+    vfork + exec, and the kernel then counts the parent's peak RSS as the child's."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        own_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return max(own_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def cpu_seconds(children_only: bool = False) -> float:
@@ -205,12 +222,9 @@ def measure(kind: str, src: Path, skip: int, workers: int, work: Path) -> dict[s
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO)
     assert proc.stdout is not None
     output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.wait() != 0:
         raise SystemExit(f"{kind} failed ({proc.returncode})")
     r = json.loads(output.decode().strip().splitlines()[-1])
-    r["rss_mb"] = usage.ru_maxrss / 1024
     r["fps"] = r["frames"] / r["seconds"]  # wall clock
     r["fps_core"] = r["frames"] / r["cpu"]  # per core: frames per CPU second
     print(f"  {kind:4s} skip {skip:2d} workers {workers}: {r['frames']} frames, wall {r['seconds']:.1f} s "
@@ -264,16 +278,19 @@ def main() -> None:
             floor_s = sum(floor.values())
             print("floor per frame (ms CPU): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in floor.items())
                   + f"; total {floor_s * 1e3:.1f} ms = {1 / floor_s:.1f} frames/s/core", flush=True)  # fmt: skip
+            # ours and the reference interleaved, best of --repeats for each (the same for both)
             print("skip 1 (small scan)", flush=True)
-            ours1 = best(
-                [measure("ours", small.parents[2], 1, 1, work) for _ in range(args.repeats)]
-            )
-            ref1 = measure("ref", small.parents[2], 1, 1, work)
+            pairs1 = [
+                (measure("ours", small.parents[2], 1, 1, work), measure("ref", small.parents[2], 1, 1, work))
+                for _ in range(args.repeats)
+            ]  # fmt: skip
+            ours1, ref1 = best([o for o, _ in pairs1]), best([r for _, r in pairs1])
             print("skip 25 (big scan)", flush=True)
-            ours25 = best(
-                [measure("ours", big.parents[2], 25, 1, work) for _ in range(args.repeats)]
-            )
-            ref25 = measure("ref", big.parents[2], 25, 1, work)
+            pairs25 = [
+                (measure("ours", big.parents[2], 25, 1, work), measure("ref", big.parents[2], 25, 1, work))
+                for _ in range(args.repeats)
+            ]  # fmt: skip
+            ours25, ref25 = best([o for o, _ in pairs25]), best([r for _, r in pairs25])
             summary.update({
                 "floor_ms": {k: v * 1e3 for k, v in floor.items()},
                 "per_core_speedup_vs_reference_skip1": ours1["fps_core"] / ref1["fps_core"],

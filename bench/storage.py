@@ -14,8 +14,8 @@ interleaved, best of ``--repeats``:
 - the server's ceiling: boto3 ``GetObject`` of the same objects, bytes only, one after another.
 
 ratio = S3 rate / disk rate (disk shards are in the page cache after the first pass). Memory: peak
-RSS (``ru_maxrss``) of a fresh process that streams N shard reads from S3 (decoded), for two N: a
-bounded reader shows the same peak for both.
+RSS (/proc/self/statm, sampled every 8 samples) of a fresh process that streams N shard reads
+from S3 (decoded), for two N: a bounded reader shows the same peak for both.
 """
 
 from __future__ import annotations

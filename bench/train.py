@@ -145,6 +145,8 @@ def main() -> None:
     stepper = None
     for name in args.variants.split(","):
         cfg = dataclasses.replace(base, **VARIANTS[name])
+        if device.type == "cuda":  # peak_gib of this variant, not of the ones before it
+            torch.cuda.reset_peak_memory_stats(device)
         stepper = build_stepper(cfg, rt)
         r = timed(stepper, lambda: batch, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
         r.update(
