@@ -160,6 +160,17 @@ def read_info(location: Location) -> DatasetInfo:
     return DatasetInfo(raw, where=location.display + "/")
 
 
+def splits_of(shards: Iterable[ShardEntry]) -> dict[str, dict[str, Any]]:
+    """The manifest's ``splits`` section (timm's reader reads it) for a list of shards."""
+    splits: dict[str, dict[str, Any]] = {}
+    for s in shards:
+        sp = splits.setdefault(s.split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
+        sp["num_samples"] += s.num_samples
+        sp["filenames"].append(s.name)
+        sp["shard_lengths"].append(s.num_samples)
+    return splits
+
+
 def build_info(
     *,
     name: str,
@@ -177,12 +188,7 @@ def build_info(
 ) -> dict[str, Any]:
     """The ``_info.json`` object of SPEC 2 (key order fixed so the bytes are reproducible)."""
     shards = list(shards)
-    splits: dict[str, dict[str, Any]] = {}
-    for s in shards:
-        sp = splits.setdefault(s.split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
-        sp["num_samples"] += s.num_samples
-        sp["filenames"].append(s.name)
-        sp["shard_lengths"].append(s.num_samples)
+    splits = splits_of(shards)
     depth: dict[str, Any] | None = None
     if depth_unit is not None:
         depth = {

@@ -18,7 +18,14 @@ import numpy as np
 from datakit import png, schema
 from datakit.errors import DatakitError
 from datakit.jpeg import jpeg_header
-from datakit.manifest import INFO_NAME, SHARD_NAME, DatasetInfo, ShardEntry, read_info
+from datakit.manifest import (
+    INFO_NAME,
+    SHARD_NAME,
+    DatasetInfo,
+    ShardEntry,
+    read_info,
+    splits_of,
+)
 from datakit.reader import iter_tar_members
 from datakit.storage import Location, StorageError
 from datakit.urls import READ_ONLY_SCHEMES
@@ -80,12 +87,7 @@ def verify(
 def _manifest_faults(loc: Location, info: DatasetInfo) -> list[str]:
     """``splits`` (what timm's reader reads) against the shard list, and shard files not listed."""
     where = loc.path(INFO_NAME)
-    expected: dict[str, dict[str, Any]] = {}
-    for s in info.shards:
-        sp = expected.setdefault(s.split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
-        sp["num_samples"] += s.num_samples
-        sp["filenames"].append(s.name)
-        sp["shard_lengths"].append(s.num_samples)
+    expected = splits_of(info.shards)
     splits = info.raw.get("splits")
     faults: list[str] = []
     if not isinstance(splits, dict):
