@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from datakit.remote import StorageConfig, StorageError, TruncatedRead, retry
 from datakit.storage import filesystem, fs_path, s3_client
-from datakit.urls import url_credentials
+from datakit.urls import origin, url_credentials
 
 
 class RangeSource(Protocol):
@@ -167,14 +167,9 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(req.full_url) != _origin(new.full_url):
+        if new is not None and origin(req.full_url) != origin(new.full_url):
             new.remove_header("Authorization")
         return new
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    p = urlsplit(url)
-    return p.scheme, p.hostname, p.port or {"http": 80, "https": 443}.get(p.scheme)
 
 
 _OPENER = urllib.request.build_opener(_SameOriginAuth)

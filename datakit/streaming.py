@@ -277,12 +277,11 @@ class _TarStream(tarfile.TarFile):
 
     ended = False
 
-    def check_ended(self, where: str = "") -> None:
+    def check_ended(self) -> None:
         """Raises :class:`tarfile.ReadError` unless the archive ended with its end block."""
         if not self.ended:
             raise tarfile.ReadError(
-                f"{where}{': ' if where else ''}cut short or corrupt after byte {self.offset} "
-                "(no end-of-archive block)"
+                f"cut short or corrupt after byte {self.offset} (no end-of-archive block)"
             )
 
 

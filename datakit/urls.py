@@ -120,9 +120,15 @@ def redact_args(value: Any) -> Any:
 _CREDENTIALS: dict[str, tuple[str, str]] = {}
 
 
-def _origin(url: str) -> str:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url`` (no userinfo; the scheme's default port made explicit):
+    what credentials are kept per, and what a redirect must not leave to keep them."""
     p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc.rsplit('@', 1)[-1]}"
+    port = p.port or _DEFAULT_PORTS.get(p.scheme)
+    return f"{p.scheme}://{p.hostname or ''}" + (f":{port}" if port else "")
 
 
 def register_url_credentials(url: str) -> str:
@@ -133,12 +139,12 @@ def register_url_credentials(url: str) -> str:
     head, userinfo, rest = found
     user, _, password = userinfo.partition(":")
     clean = head + rest
-    _CREDENTIALS[_origin(clean)] = (unquote(user), unquote(password))
+    _CREDENTIALS[origin(clean)] = (unquote(user), unquote(password))
     return clean
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:
-    return _CREDENTIALS.get(_origin(url)) if is_url(url) else None
+    return _CREDENTIALS.get(origin(url)) if is_url(url) else None
 
 
 def credentials_snapshot() -> dict[str, tuple[str, str]]:
