@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DatakitError(Exception):
     """Bad input or a failed check; the message names the file and what is wrong."""
@@ -45,3 +48,15 @@ class UsageError(DatakitError):
     """Arguments that contradict each other or the state of the output."""
 
     exit_code = 2
+
+
+@contextlib.contextmanager
+def naming_shard(where: str | None) -> Iterator[None]:
+    """A :class:`SampleError` raised inside is re-raised prefixed with ``where`` (the shard's URL):
+    the sample key alone does not say which file is bad. Nothing is added when ``where`` is empty."""
+    try:
+        yield
+    except SampleError as exc:
+        if not where:
+            raise
+        raise SampleError(f"{where}: {exc}") from None

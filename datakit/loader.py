@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from datakit import schema
-from datakit.errors import SampleError, UsageError
+from datakit.errors import SampleError, UsageError, naming_shard
 from datakit.jpeg import jpeg_header
 from datakit.reader import Dataset, open_dataset, pipeline
 from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
@@ -38,13 +38,8 @@ def decode_for_views(
     Raises :class:`~datakit.errors.SampleError` like :func:`datakit.schema.decode`, prefixed with
     the shard's URL so that the message names the file.
     """
-    try:
+    with naming_shard(sample.get("__url__")):
         return _decode_for_views(sample, labels=labels, rgb=rgb, depth=depth)
-    except SampleError as exc:
-        url = sample.get("__url__")
-        if not url:
-            raise
-        raise SampleError(f"{url}: {exc}") from None
 
 
 def _decode_for_views(

@@ -20,7 +20,7 @@ from typing import IO, Any, Literal, Protocol, cast
 
 import numpy as np
 
-from datakit.errors import DatakitError, SampleError, UsageError
+from datakit.errors import DatakitError, UsageError, naming_shard
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
@@ -135,7 +135,7 @@ def read_shard_samples(stream: IO[bytes], wanted: set[int], where: str) -> dict[
     seekable = bool(getattr(stream, "seekable", lambda: False)())
     mode: Literal["r:", "r|"] = "r:" if seekable else "r|"
     try:
-        with tarfile.open(fileobj=stream, mode=mode) as tar:
+        with naming_shard(where), tarfile.open(fileobj=stream, mode=mode) as tar:
             for info in tar:
                 k, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
                 if k != key:
@@ -152,8 +152,6 @@ def read_shard_samples(stream: IO[bytes], wanted: set[int], where: str) -> dict[
                     found[offset] = decode(key, parts, url=where)
     except tarfile.TarError as exc:
         raise DatakitError(f"{where}: broken tar ({exc})") from None
-    except SampleError as exc:  # name the shard: the key alone does not say which file is bad
-        raise SampleError(f"{where}: {exc}") from None
     return found
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from datakit import schema
-from datakit.errors import DatakitError, SampleError
+from datakit.errors import DatakitError, naming_shard
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample
 from datakit.storage import Location, StorageConfig
@@ -74,12 +74,8 @@ def decode_wds_sample(sample: dict[str, Any]) -> DecodedSample:
     key = sample["__key__"]
     members = {k: v for k, v in sample.items() if not k.startswith("__")}
     url = str(sample.get("__url__", ""))
-    try:
+    with naming_shard(url):
         return schema.decode(key, members, url=url)
-    except SampleError as exc:  # name the shard: the key alone does not say which file is bad
-        if not url:
-            raise
-        raise SampleError(f"{url}: {exc}") from None
 
 
 def pipeline(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from datakit.errors import DatakitError, UsageError, unwrap_worker_message
+from datakit.errors import DatakitError, UsageError
 from datakit.urls import is_url, redact, redact_text
 
 log = logging.getLogger("datakit.storage")
@@ -129,7 +129,7 @@ class StorageError(DatakitError):
     """
 
     def __init__(self, message: str, kind: str = "error") -> None:
-        super().__init__(redact_text(unwrap_worker_message(message)))
+        super().__init__(redact_text(message))  # DatakitError unwraps a worker's message
         self.kind = kind
 
 
