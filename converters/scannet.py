@@ -34,13 +34,13 @@ from converters.scannet_layout import (
     select_scans,
 )
 from converters.sens import SensHeader, SensReader, SensTruncated
+from datakit import png
 from datakit.errors import SourceError
 from datakit.jpeg import jpeg_header
 from datakit.schema import Sample
 
 DEPTH_SCALE_M = 0.001  # stored depth codes are millimetres
 DEPTH_SHIFT_MM = 1000.0  # .sens depth_shift for millimetre codes
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _REDUCED = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -322,8 +322,8 @@ def _color_problem(data: bytes, header: SensHeader) -> str | None:
     size = None
     if header.color_compression == "jpeg":
         size = jpeg_size(data)
-    elif header.color_compression == "png" and data[:8] == _PNG_SIGNATURE and len(data) >= 24:
-        size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    elif header.color_compression == "png" and (ihdr := png.header(data)) is not None:
+        size = ihdr[:2]
     if size is not None and size != header.color_size:
         w, h = header.color_size
         return (

@@ -242,6 +242,8 @@ class SensReader:
         off = self._offset(index)
         head = self._frame_header(index, off)
         tc, td, csize, dsize = (int(v) for v in head[16:])
+        if len(self._offsets) == index + 1:  # the next frame's offset: no second header read
+            self._offsets.append(off + FRAME_HEADER.size + csize + dsize)
         blob = self._pread(csize + dsize, off + FRAME_HEADER.size, f"frame {index} data")
         pose = np.asarray(head[:16], dtype=np.float64).reshape(4, 4)
         return SensFrame(
