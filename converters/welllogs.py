@@ -141,7 +141,7 @@ def _las_step_unit(las: Any) -> str | None:
     return next((u for u in units if u), None)
 
 
-class _LasioRecords(logging.Handler):
+class _LibraryRecords(logging.Handler):
     """lasio (and dlisio) log through loggers without a handler, so Python's last-resort handler
     printed their warnings as bare stderr lines. This forwards them to our logger, naming the file:
     notes about lasio's own parser choice at debug level, the rest at the level the library gave."""
@@ -162,7 +162,7 @@ class _LasioRecords(logging.Handler):
 @contextmanager
 def _library_logging(path: Path, library: str = "lasio") -> Iterator[None]:
     lib_log = logging.getLogger(library)
-    handler, propagate = _LasioRecords(path, library), lib_log.propagate
+    handler, propagate = _LibraryRecords(path, library), lib_log.propagate
     lib_log.addHandler(handler)
     lib_log.propagate = False
     try:
