@@ -201,12 +201,14 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
-    for key in RESUME_FIXED if state is not None else ():
-        was = state["config"].get(key) if state is not None else None
-        if was != getattr(cfg, key):
-            raise UsageError(
-                f"--resume: {ckpt_path} was trained with {key} {was!r}, not {getattr(cfg, key)!r}"
-            )
+    if state is not None:
+        for key in RESUME_FIXED:
+            was = state["config"].get(key)
+            if was != getattr(cfg, key):
+                raise UsageError(
+                    f"--resume: {ckpt_path} was trained with {key} {was!r}, "
+                    f"not {getattr(cfg, key)!r}"
+                )
     if rt.main and (note := queue_fill_note(cfg)):
         print(f"datakit train: {note}", file=sys.stderr)
     return cfg, ckpt_path, state, dataset
@@ -324,6 +326,8 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = 
 def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     _configure_determinism(cfg, rt)
     cfg, ckpt_path, state, dataset = _prepare(cfg, rt)
+    if state is not None and int(state["step"]) >= cfg.steps:  # nothing to train: build nothing
+        return TrainResult(Path(cfg.out), int(state["step"]), math.nan, ckpt_path, True)
     stepper = build_stepper(cfg, rt, state)
     _write_config(cfg, rt)
     per_rank = cfg.batch_size // (rt.world * cfg.accum_steps)
@@ -337,8 +341,6 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
             position = state["data"][rt.rank]
         else:  # positions count batches of another size: every rank starts the next epoch
             position = {"epoch": int(state["data"][0]["epoch"]) + 1, "batch": 0}
-        if start >= cfg.steps:
-            return TrainResult(Path(cfg.out), start, math.nan, ckpt_path, finished_before=True)
     cuda = rt.device.type == "cuda"
     stream = BatchStream(
         dataset,
