@@ -125,7 +125,7 @@ class BoreholeConverter(Converter):
         "or a folder of them; azimuth is periodic; the exogenous channel (--depth) becomes depth."
     )
     params = [
-        click.Argument(["src"], type=click.Path(exists=True, path_type=str)),
+        click.Argument(["src"], type=click.Path(path_type=str)),
         click.Option(
             ["--image"],
             default=None,
@@ -170,7 +170,7 @@ class BoreholeConverter(Converter):
         ),
         click.Option(
             ["--breakouts"],
-            type=click.Path(exists=True, dir_okay=False, path_type=str),
+            type=click.Path(dir_okay=False, path_type=str),
             default=None,
             metavar="CSV",
             help="Breakout picks: depth top, depth bottom, azimuth centre, azimuth width "

@@ -7,6 +7,7 @@ stays bounded at any frame skip.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class ScanNetConverter(Converter):
     Config = ScanNetConfig
     help = "ScanNet v2 scans (.sens streamed, or exported color/depth/pose folders). See docs/converters/scannet.md."
     params = [
-        click.Argument(["src"], type=click.Path(exists=True, file_okay=False)),
+        click.Argument(["src"], type=click.Path()),
         click.Option(["--frame-skip"], type=click.IntRange(min=1), default=25, show_default=True,
                      help="Keep every N-th frame (pretraining works use 25)."),
         click.Option(["--size"], type=SIZE, default="640x480", show_default=True,
@@ -110,6 +111,8 @@ class ScanNetConverter(Converter):
 
     def units(self) -> list[WorkUnit]:
         c = self.config
+        if not os.path.isdir(c.src):
+            raise SourceError(c.src, "not a folder" if os.path.exists(c.src) else "no such folder")
         if c.labels:
             label_lut(str(label_map_path(Path(c.src))))  # fail early, before any work
         units = []

@@ -195,6 +195,32 @@ def test_convert_refuses_existing_and_conflicting_flags(ds64):
     assert res.exit_code == 2 and "No such command" in res.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scannet"],
+        ["borehole"],
+        ["cityscapes"],
+        ["nyu"],
+        [
+            "folder",
+            *("--rgb", "rgb/*.jpg", "--depth", "d/*.png"),
+            *("--depth-scale", "0.001", "--depth-kind", "metric"),
+        ],
+    ],
+    ids=lambda a: a[0],
+)
+def test_a_missing_source_is_one_line_naming_it_for_every_converter(args, tmp_path):
+    """Every converter answers a SRC that is not there alike: one line with the path, exit 1,
+    no OUT (scannet and borehole used click's exists check: a usage block and exit 2)."""
+    src, out = tmp_path / "no-such-source", tmp_path / "out"
+    res = CliRunner().invoke(main, ["convert", args[0], str(src), str(out), *args[1:]])
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {src}: "), res.output
+    assert not out.exists()
+
+
 def test_a_negative_seed_is_a_usage_error_not_a_traceback(ds64, tmp_path):
     """Seeds feed numpy's SeedSequence, which takes no negative number: refused at parsing."""
     for args in (
