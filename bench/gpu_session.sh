@@ -20,6 +20,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+for part in "$@"; do
+  case $part in
+  wheels | tests | loader | train | compare) ;;
+  *)
+    echo "unknown part $part (wheels, tests, loader, train, compare)" >&2
+    exit 2
+    ;;
+  esac
+done
+[[ $# -gt 0 ]] || { echo "usage: bash bench/gpu_session.sh PART... (wheels, tests, loader, train, compare)" >&2; exit 2; }
+
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 WHEELS=(webdataset==1.0.2 braceexpand==0.1.7 isal==1.9.1)
@@ -78,10 +89,6 @@ for part in "$@"; do
     for f in summary.json table.md records.jsonl results.png; do
       [[ -f bench/out/gpu-compare/$f ]] && cp "bench/out/gpu-compare/$f" "$RESULTS/"
     done
-    ;;
-  *)
-    echo "unknown part $part (wheels, tests, loader, train, compare)" >&2
-    exit 2
     ;;
   esac
 done
