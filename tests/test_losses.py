@@ -225,7 +225,8 @@ def test_multiscale_is_the_weighted_sum_of_levels() -> None:
 
 def test_pixpro_depth_method_composes_levels_with_their_own_heads() -> None:
     # y = PPM_l(projector_l(C_l)) online, x' = momentum projector_l(C_l) (no PPM), one projector and
-    # one PPM per level, L = sum_l w_l [L_l(y1, x'2) + L_l(y2, x'1)] with depth-aware positives
+    # one PPM per level, L = sum_l w_l [L_l(y1, x'2) + L_l(y2, x'1)] / sum_l w_l with depth-aware
+    # positives
     from training.config import TrainConfig, resolve
     from training.methods import build_method
 
@@ -256,7 +257,7 @@ def test_pixpro_depth_method_composes_levels_with_their_own_heads() -> None:
                 slow += wt * slow_pixpro_direction(
                     y[q], k[o], coords[q], coords[o], periodic, depth[q], depth[o], rule
                 )
-    assert float(out.loss.detach()) == pytest.approx(slow, abs=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(slow / sum(weights.values()), abs=1e-5)
 
 
 def test_pixel_propagation_matches_slow_loop() -> None:

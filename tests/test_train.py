@@ -169,6 +169,9 @@ def test_bad_values_are_refused_in_one_line(synthetic_dataset: Path, tmp_path: P
         ("proj_dim=0", "config proj_dim: must be at least 1"),
         ("epoch_samples=0", "config epoch_samples: must be at least 1"),
         ("seed=-1", "config seed: must be >= 0"),  # numpy's traceback once training started
+        ("level_weights=[1, -1, 1]", "config level_weights: must be >= 0"),  # a loss to maximise
+        ("level_weights=[0, 0, 0]", "and not all 0"),  # 0/0 in the weighted mean
+        ("level_weights=[1, 1, 0]", "C5's weight must be positive without multiscale"),
     ]:
         with pytest.raises(UsageError, match=re.escape(msg)):
             from_layers(flags={"data": "d", "out": str(tmp_path / "r")}, overrides=[override])

@@ -283,6 +283,13 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"config crop_scale_min: must be in (0, 1], got {cfg.crop_scale_min}")
     if not 0 <= cfg.dense_weight <= 1:
         raise UsageError(f"config dense_weight: must be in [0, 1], got {cfg.dense_weight}")
+    if not all(w >= 0 for w in cfg.level_weights) or not sum(cfg.level_weights) > 0:
+        raise UsageError(
+            "config level_weights: must be >= 0 (C3, C4, C5) and not all 0, "
+            f"got {list(cfg.level_weights)}"
+        )
+    if not cfg.multiscale and not cfg.level_weights[-1] > 0:
+        raise UsageError("config level_weights: C5's weight must be positive without multiscale")
 
 
 def resolve(cfg: TrainConfig, *, num_samples: int) -> TrainConfig:
