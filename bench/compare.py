@@ -34,11 +34,14 @@ METHODS: dict[str, list[str] | None] = {
     "random-init": None,
     "pixpro": ["--method", "pixpro"],
     "pixpro-depth": ["--method", "pixpro-depth"],
+    # not run by default: the multi-scale loss without depth, to tell the two apart
+    "pixpro-ms": ["--method", "pixpro", "--multiscale"],
     "pixpro-depth-ms": ["--method", "pixpro-depth", "--multiscale"],
     # semantic reweighting is on by default; a queue of 4096 as MoCo uses on small datasets (the
     # default 65536 would hold each of ~1000 scenes dozens of times over)
     "pixcon-sr": ["--method", "pixcon", "--set", "queue_size=4096"],
 }
+DEFAULT_METHODS = [m for m in METHODS if m != "pixpro-ms"]  # the five of the comparison
 PROBES = {"c5": "c5", "c3-c5": "c3,c4,c5"}
 # paired per-seed differences are taken against these, in this order (each pair once)
 BASELINES = ("random-init", "pixpro")
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/compare"))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS)
     ap.add_argument("--jobs", type=int, default=1, help="(method, seed) runs at a time")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--plot", type=Path, default=None, help="[OUT/results.png]")
