@@ -103,8 +103,8 @@ class PixPro(MomentumMethod):
         self.levels = cfg.levels
         # relative weights: the loss is their weighted mean over levels, so it keeps the one-level
         # loss's scale. The scale is what the weights would otherwise change: LARS normalises each
-        # weight tensor's step, not the 1-D parameters' (BN, biases), whose steps a sum of three
-        # losses tripled in the shared stem and layer1-2 (docs/results.md, section 1).
+        # weight tensor's step, not the 1-D parameters' (BN, biases): a sum of three losses stepped
+        # those of the shared stem and layer1-2 by three gradients (docs/results.md, section 1).
         total = sum(cfg.level_weight[lv] for lv in self.levels)
         self.weights = {lv: cfg.level_weight[lv] / total for lv in self.levels}
         self.radius = cfg.radius
