@@ -40,8 +40,22 @@ METHODS: dict[str, list[str] | None] = {
     # semantic reweighting is on by default; a queue of 4096 as MoCo uses on small datasets (the
     # default 65536 would hold each of ~1000 scenes dozens of times over)
     "pixcon-sr": ["--method", "pixcon", "--set", "queue_size=4096"],
+    # not run by default: PixCon as it was until session 8, heads without BN (MoCo v2's, DenseCL's),
+    # 512-wide predictors, base lr 0.3 (DenseCL's), before we followed PixCon's released code
+    "pixcon-sr-nobn": [
+        "--method",
+        "pixcon",
+        "--set",
+        "queue_size=4096",
+        "--set",
+        "head_bn=false",
+        "--set",
+        "pred_hidden=512",
+    ],
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "pixpro-ms"]  # the five of the comparison
+DEFAULT_METHODS = [m for m in METHODS if m not in ("pixpro-ms", "pixcon-sr-nobn")]  # the five
+# recipe base lr where a variant differs from its method's (METHOD_DEFAULTS)
+BASE_LR = {"pixcon-sr-nobn": 0.3}
 PROBES = {"c5": "c5", "c3-c5": "c3,c4,c5"}
 # paired per-seed differences are taken against these, in this order (each pair once)
 BASELINES = ("random-init", "pixpro")
@@ -123,7 +137,10 @@ def run_one(
     log, record = run / "log.txt", out / "commands.txt"
     flags = METHODS[method]
     if flags is not None:
-        flags = [*flags, *schedule_flags(flags[flags.index("--method") + 1], sc)]
+        flags = [
+            *flags,
+            *schedule_flags(flags[flags.index("--method") + 1], sc, BASE_LR.get(method)),
+        ]
     t0 = time.perf_counter()
     ckpt = run / "last.pt"
     if flags is not None and not (run / "done").exists():
@@ -216,13 +233,15 @@ def run_one(
     return rec
 
 
-def schedule_flags(method: str, sc: Scale) -> list[str]:
-    """``--set`` flags for the scale's lr multiplier and warmup (none at the defaults)."""
+def schedule_flags(method: str, sc: Scale, base_lr: float | None = None) -> list[str]:
+    """``--set`` flags for the scale's lr multiplier and warmup (none at the defaults); ``base_lr``
+    replaces the method's recipe base lr."""
     from training.config import METHOD_DEFAULTS
 
     out = []
-    if sc.lr_scale != 1.0:
-        out += ["--set", f"base_lr={METHOD_DEFAULTS[method]['base_lr'] * sc.lr_scale:g}"]
+    recipe = METHOD_DEFAULTS[method]["base_lr"]
+    if sc.lr_scale != 1.0 or (base_lr is not None and base_lr != recipe):
+        out += ["--set", f"base_lr={(recipe if base_lr is None else base_lr) * sc.lr_scale:g}"]
     if sc.warmup_steps:
         out += ["--set", f"warmup_steps={sc.warmup_steps}"]
     return out

@@ -63,3 +63,16 @@ def test_t_of_zero_differences_without_spread_is_undefined() -> None:
     records = [_rec(m, s, 0.4, 0.7) for m in ("random-init", "pixpro") for s in (0, 1)]
     d = summarise(records, ["random-init", "pixpro"])["paired"]["pixpro - random-init [c5]"]
     assert d["mean"] == 0.0 and math.isnan(d["t"])
+
+
+def test_the_cpu_preset_scales_each_variants_own_recipe_lr() -> None:
+    from bench.compare import BASE_LR, METHODS, PRESETS, schedule_flags
+    from training.config import METHOD_DEFAULTS
+
+    cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
+    assert cpu.lr_scale == 16 and METHOD_DEFAULTS["pixcon"]["base_lr"] == 0.4
+    assert schedule_flags("pixcon", cpu)[:2] == ["--set", "base_lr=6.4"]
+    # the pre-session-8 PixCon variant keeps DenseCL's base lr 0.3, scaled like every method's
+    assert schedule_flags("pixcon", cpu, BASE_LR["pixcon-sr-nobn"])[:2] == ["--set", "base_lr=4.8"]
+    assert schedule_flags("pixcon", gpu, 0.3) == ["--set", "base_lr=1.2"]
+    assert "head_bn=false" in METHODS["pixcon-sr-nobn"]

@@ -553,6 +553,24 @@ def test_pixcon_method_loss_keys_and_gradients_match_slow_loop() -> None:
     assert not out.keys["global"].requires_grad and not out.keys["dense"].requires_grad
 
 
+@pytest.mark.parametrize("head_bn", [True, False])
+def test_pixcon_heads_batch_normalise_their_hidden_layer(head_bn: bool) -> None:
+    from training.config import TrainConfig, resolve
+    from training.methods import build_method
+
+    cfg = TrainConfig(
+        data="-", out="-", method="pixcon", arch="resnet18", batch_size=2, steps=5, head_hidden=32,
+        pred_hidden=16, queue_size=16, head_bn=head_bn,
+    )  # fmt: skip
+    net = build_method(resolve(cfg, num_samples=2))
+    heads = (net.global_head, net.dense_head, net.global_pred, net.dense_pred, net.global_head_m)
+    for head in heads:
+        norms = [m for m in head.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        # Linear/conv -> BN -> ReLU -> Linear/conv: one BN, on the hidden layer only
+        assert len(norms) == (1 if head_bn else 0)
+        assert all(m.num_features in (32, 16) for m in norms)
+
+
 def test_queue_is_a_fifo_of_the_last_keys() -> None:
     from training.heads import Queue
 

@@ -115,7 +115,7 @@ def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> No
         "pixcon", 9, 96, "log", 0.1, "resnet50"
     )  # fmt: skip
     resolved = resolve(cfg, num_samples=640)
-    assert resolved.optimizer == "sgd" and resolved.lr == pytest.approx(0.3 * 64 / 256)
+    assert resolved.optimizer == "sgd" and resolved.lr == pytest.approx(0.4 * 64 / 256)
     assert resolved.warmup_steps == min(5 * 640 // 64, 9 // 2)
     # PyYAML reads 1e-4 (no dot) as a string: still the number the user wrote
     cfg_file.write_text("weight_decay: 1e-4\nlr: 2E-3\n")
@@ -139,6 +139,11 @@ def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> No
     res = runner.invoke(main, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"),
                                *FAST, "--batch-size", "3", "--set", "accum_steps=2"])  # fmt: skip
     assert res.exit_code != 0 and "not divisible" in res.output
+    # PixCon's heads batch-normalise: one image a pass cannot be normalised
+    res = runner.invoke(main, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"),
+                               *FAST, "--method", "pixcon", "--batch-size", "2",
+                               "--set", "accum_steps=2"])  # fmt: skip
+    assert res.exit_code != 0 and "batch-normalise over at least 2" in res.output
     res = runner.invoke(
         main, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]
     )

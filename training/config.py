@@ -26,7 +26,7 @@ LEVEL_NAMES = ("c3", "c4", "c5")
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "pixpro": {"optimizer": "lars", "base_lr": 1.0, "weight_decay": 1e-5},
     "pixpro-depth": {"optimizer": "lars", "base_lr": 1.0, "weight_decay": 1e-5},
-    "pixcon": {"optimizer": "sgd", "base_lr": 0.3, "weight_decay": 1e-4},
+    "pixcon": {"optimizer": "sgd", "base_lr": 0.4, "weight_decay": 1e-4},
 }
 
 
@@ -96,7 +96,8 @@ class TrainConfig:
     dense_weight: float = 0.5  # lambda
     head_hidden: int = 2048
     head_dim: int = 128
-    pred_hidden: int = 512
+    pred_hidden: int = 2048
+    head_bn: bool = True  # BatchNorm in the heads' and predictors' hidden layers (released code)
 
     @property
     def levels(self) -> tuple[str, ...]:

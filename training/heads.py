@@ -43,39 +43,60 @@ class PixelPropagation(nn.Module):
         return torch.bmm(value, sim.transpose(1, 2)).view(b, c, h, w)
 
 
-class GlobalProjector(nn.Sequential):
-    """MoCo v2's head: global average pool, Linear C -> hidden, ReLU, Linear -> out. (B, C, H, W) -> (B, out)."""
+def _hidden_norm(hidden_dim: int, bn: bool, *, dense: bool) -> nn.Module:
+    if not bn:
+        return nn.Identity()
+    return nn.BatchNorm2d(hidden_dim) if dense else nn.BatchNorm1d(hidden_dim)
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+
+class GlobalProjector(nn.Sequential):
+    """PixCon's global head (MoCo v2's, with BatchNorm in the hidden layer as in PixCon's released
+    code unless ``bn`` is False): global average pool, Linear C -> hidden, BN, ReLU, Linear -> out.
+    (B, C, H, W) -> (B, out)."""
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, *, bn: bool = True
+    ) -> None:
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
             nn.Linear(in_dim, hidden_dim),
+            _hidden_norm(hidden_dim, bn, dense=False),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
 
 
 class DenseProjector(nn.Sequential):
-    """DenseCL's dense head: conv1x1 C -> hidden, ReLU, conv1x1 -> out. (B, C, H, W) -> (B, out, H, W)."""
+    """DenseCL's dense head (BN in the hidden layer as in PixCon's released code unless ``bn`` is
+    False): conv1x1 C -> hidden, BN, ReLU, conv1x1 -> out. (B, C, H, W) -> (B, out, H, W)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, *, bn: bool = True
+    ) -> None:
         super().__init__(
             nn.Conv2d(in_dim, hidden_dim, 1),
+            _hidden_norm(hidden_dim, bn, dense=True),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden_dim, out_dim, 1),
         )
 
 
 class Predictor(nn.Sequential):
-    """The online side's predictor: Linear (or conv1x1 when ``dense``) dim -> hidden, ReLU, -> dim.
-
-    Without batch norm so that it works for any batch size.
+    """The online side's predictor: Linear (or conv1x1 when ``dense``) dim -> hidden, BN (unless
+    ``bn`` is False), ReLU, -> dim. With BN the global predictor needs at least two images a rank.
     """
 
-    def __init__(self, dim: int = 128, hidden_dim: int = 512, *, dense: bool = False) -> None:
+    def __init__(
+        self, dim: int = 128, hidden_dim: int = 2048, *, dense: bool = False, bn: bool = True
+    ) -> None:
         layer = (lambda i, o: nn.Conv2d(i, o, 1)) if dense else nn.Linear
-        super().__init__(layer(dim, hidden_dim), nn.ReLU(inplace=True), layer(hidden_dim, dim))
+        super().__init__(
+            layer(dim, hidden_dim),
+            _hidden_norm(hidden_dim, bn, dense=dense),
+            nn.ReLU(inplace=True),
+            layer(hidden_dim, dim),
+        )
 
 
 class Queue(nn.Module):

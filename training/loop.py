@@ -170,6 +170,7 @@ RESUME_FIXED = (
     "head_hidden",
     "head_dim",
     "pred_hidden",
+    "head_bn",
     "queue_size",
 )
 
@@ -201,9 +202,17 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
+    if cfg.method == "pixcon" and cfg.head_bn and per_rank < 2:
+        raise UsageError(
+            f"batch size {cfg.batch_size} gives {per_rank} image per rank and pass; PixCon's heads "
+            f"batch-normalise over at least 2 (or set head_bn=false)"
+        )
     if state is not None:
         for key in RESUME_FIXED:
-            was = state["config"].get(key)
+            if key == "head_bn" and cfg.method != "pixcon":
+                continue
+            # checkpoints from before head_bn existed trained PixCon without BN in its heads
+            was = state["config"].get(key, False if key == "head_bn" else None)
             if was != getattr(cfg, key):
                 raise UsageError(
                     f"--resume: {ckpt_path} was trained with {key} {was!r}, "

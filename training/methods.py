@@ -174,10 +174,11 @@ class PixCon(MomentumMethod):
         self.radius = cfg.radius
         self.backbone = build_backbone(cfg.arch, ("c5",), cfg.weights)
         c = self.backbone.channels["c5"]
-        self.global_head = GlobalProjector(c, cfg.head_hidden, cfg.head_dim)
-        self.dense_head = DenseProjector(c, cfg.head_hidden, cfg.head_dim)
-        self.global_pred = Predictor(cfg.head_dim, cfg.pred_hidden)
-        self.dense_pred = Predictor(cfg.head_dim, cfg.pred_hidden, dense=True)
+        bn = cfg.head_bn
+        self.global_head = GlobalProjector(c, cfg.head_hidden, cfg.head_dim, bn=bn)
+        self.dense_head = DenseProjector(c, cfg.head_hidden, cfg.head_dim, bn=bn)
+        self.global_pred = Predictor(cfg.head_dim, cfg.pred_hidden, bn=bn)
+        self.dense_pred = Predictor(cfg.head_dim, cfg.pred_hidden, dense=True, bn=bn)
         self.backbone_m = _frozen_copy(self.backbone)
         self.global_head_m = _frozen_copy(self.global_head)
         self.dense_head_m = _frozen_copy(self.dense_head)
