@@ -332,7 +332,7 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(summary["table"])
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.25 * len(methods)), 4), dpi=120)
     width = 0.8 / len(PROBES)
     for i, p in enumerate(PROBES):
         xs = [k + (i - (len(PROBES) - 1) / 2) * width for k in range(len(methods))]
