@@ -202,7 +202,7 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
         raise UsageError(
             f"batch size {cfg.batch_size} is not divisible by world size {rt.world} x accum_steps {cfg.accum_steps}"
         )
-    if cfg.method == "pixcon" and cfg.head_bn and per_rank < 2:
+    if cfg.method == "pixcon" and cfg.head_bn and per_rank < 2 and not _sync_bn(cfg, rt):
         raise UsageError(
             f"batch size {cfg.batch_size} gives {per_rank} image per rank and pass; PixCon's heads "
             f"batch-normalise over at least 2 (or set head_bn=false)"
@@ -289,6 +289,11 @@ class StepStats:
     wait: float  # seconds spent waiting for batches
 
 
+def _sync_bn(cfg: TrainConfig, rt: Runtime) -> bool:
+    """BatchNorm statistics taken over all ranks (SyncBatchNorm: distributed on CUDA)."""
+    return rt.distributed and rt.device.type == "cuda" and cfg.sync_bn
+
+
 def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = None) -> Stepper:
     """Method (seeded), optimiser, restored ``state`` (a checkpoint), DDP and torch.compile."""
     torch.manual_seed(cfg.seed)
@@ -296,7 +301,7 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None = 
     channels_last = cfg.channels_last if cfg.channels_last is not None else rt.device.type == "cuda"
     if channels_last:
         method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if rt.distributed and rt.device.type == "cuda" and cfg.sync_bn:
+    if _sync_bn(cfg, rt):
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[assignment]
     optimizer = build_optimizer(method, cfg)
     if state is not None:
