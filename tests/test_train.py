@@ -246,6 +246,27 @@ def test_resume_that_does_not_fit_is_refused_and_keeps_the_run(
     assert checkpoint.load(run / "last.pt")["data"] == [{"epoch": 1, "batch": 1}]
 
 
+def test_a_pixcon_checkpoint_from_before_head_bn_resumes_only_without_bn(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """Checkpoints written before ``head_bn`` existed have no such key; their PixCon heads had no
+    BatchNorm, so they resume with head_bn=false and are refused (one line) with the BN default."""
+    run = tmp_path / "run"
+    args = ["--data", str(synthetic_dataset), "--out", str(run), *FAST, "--method", "pixcon"]
+    assert train(*args, "--steps", "1", "--set", "head_bn=false").exit_code == 0
+    state = checkpoint.load(run / "last.pt")
+    del state["config"]["head_bn"]
+    checkpoint.save(run / "last.pt", state)
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # a resume starts from it
+    del saved["head_bn"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--steps", "2"])
+    assert res.exit_code == 2 and "was trained with head_bn False, not True" in res.output
+    res = train("--out", str(run), "--resume", "--steps", "2", "--set", "head_bn=false")
+    assert res.exit_code == 0, res.output
+    assert checkpoint.load(run / "last.pt")["step"] == 2
+
+
 def test_resume_of_a_finished_run_trains_nothing_and_says_so(
     synthetic_dataset: Path, tmp_path: Path
 ) -> None:

@@ -173,6 +173,8 @@ RESUME_FIXED = (
     "head_bn",
     "queue_size",
 )
+# what a RESUME_FIXED key was in checkpoints written before it existed
+RESUME_LEGACY = {"head_bn": False}  # PixCon's heads had no BatchNorm
 
 
 def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str, Any] | None, Any]:
@@ -210,9 +212,8 @@ def _prepare(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path, dict[str
     if state is not None:
         for key in RESUME_FIXED:
             if key == "head_bn" and cfg.method != "pixcon":
-                continue
-            # checkpoints from before head_bn existed trained PixCon without BN in its heads
-            was = state["config"].get(key, False if key == "head_bn" else None)
+                continue  # the PixPro methods have no such heads
+            was = state["config"].get(key, RESUME_LEGACY.get(key))
             if was != getattr(cfg, key):
                 raise UsageError(
                     f"--resume: {ckpt_path} was trained with {key} {was!r}, "
