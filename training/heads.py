@@ -84,7 +84,7 @@ class DenseProjector(nn.Sequential):
 
 class Predictor(nn.Sequential):
     """The online side's predictor: Linear (or conv1x1 when ``dense``) dim -> hidden, BN (unless
-    ``bn`` is False), ReLU, -> dim. With BN the global predictor needs at least two images a rank.
+    ``bn`` is False), ReLU, -> dim. With BN the global predictor needs two images to normalise over.
     """
 
     def __init__(
