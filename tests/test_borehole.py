@@ -28,6 +28,7 @@ from tests.borehole_fixtures import (
     write_breakouts,
     write_log,
 )
+from tests.converted_fixtures import assert_one_line_error
 
 LWD_LAS = "las_lwd_image/P11-A-02_Composite_MEM_Image_NF.las"
 SMALL = {"window": 64, "stride": 32}
@@ -451,19 +452,26 @@ def test_unknown_units(tmp_path: Path, field: str, unit: str, match: str) -> Non
 
 
 def test_bad_unit_in_one_well_is_a_unit_error(tmp_path: Path) -> None:
+    from datakit.errors import DatakitError
     from datakit.writer import ConvertConfig, convert
 
     write_log(make_log(rows=64), tmp_path / "src", "npz", stem="good")
-    write_log(replace(make_log(rows=64), index_unit="furlong"), tmp_path / "src", "npz", stem="odd")
+    odd = write_log(
+        replace(make_log(rows=64), index_unit="furlong"), tmp_path / "src", "npz", stem="odd"
+    )
     conv = converter(tmp_path / "src", image="AMP", window=64)
     result = convert(conv, str(tmp_path / "ds"), ConvertConfig(on_error="skip", progress=False))
     assert (result.num_samples, result.skipped) == (1, 1)
-    with pytest.raises(Exception, match="furlong"):
+    (logged,) = (json.loads(x) for x in (tmp_path / "ds" / "errors.jsonl").read_text().splitlines())
+    assert f"{odd}: unknown unit 'furlong' of index 'depth'" in logged["reason"]
+    with pytest.raises(DatakitError, match="furlong") as err:
         convert(
             converter(tmp_path / "src", image="AMP", window=64),
             str(tmp_path / "ds2"),
             ConvertConfig(progress=False),
         )
+    assert str(odd) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "ds2").exists()
 
 
 def test_exogenous_units_convert_across_wells(tmp_path: Path) -> None:
@@ -573,9 +581,8 @@ def test_cli_convert_and_errors(log_files: dict[str, Path], tmp_path: Path) -> N
             "--no-progress",
         ],
     )
-    assert res.exit_code == 1
-    assert "channels present: frame MAIN: AMP[16], TT[8]" in res.output
-    assert "Traceback" not in res.output
+    line = assert_one_line_error(res, log_files["dlis"], out=tmp_path / "x")
+    assert "channels present: frame MAIN: AMP[16], TT[8]" in line
 
 
 def test_workers_give_the_same_shards(tmp_path: Path) -> None:

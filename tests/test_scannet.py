@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from converters.base import Skipped
-from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
+from converters.imaging import resize_rgb
 from converters.scannet import ScanNetConfig, ScanNetConverter, decode_color, jpeg_size
 from converters.scannet_layout import LABELS, SCANNET20_NYU40, label_lut, parse_scenes
 from converters.sens import SensReader, SensTruncated
 from datakit.errors import SourceError
 from datakit.schema import Sample, decode, encode
 from tests import scannet_fixtures as fx
+from tests.converted_fixtures import assert_one_line_error
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SIZE = (80, 60)  # fixture colour 160x120 (DCT-halved on decode), depth 80x60
@@ -133,14 +134,11 @@ def test_sens_samples_carry_every_value(tmp_path: Path, spec: fx.SensSpec) -> No
         assert s.rgb.shape == (60, 80, 3) and s.depth is not None and s.depth.dtype == np.uint16
         np.testing.assert_array_equal(s.depth, fx.depth_of(spec, i))  # pixel-exact millimetres
         np.testing.assert_array_equal(s.meta["pose"], fx.pose(i))
-        k = spec.intrinsic_color
-        want = scale_intrinsics(
-            {"fx": k[0, 0], "fy": k[1, 1], "cx": k[0, 2], "cy": k[1, 2]}, (160, 120), SIZE
+        # colour intrinsic (148.5, 147.25, 80.25, 59.5) at 160x120 -> 80x60, pixel centres:
+        # f' = f / 2, c' = (c + 0.5) / 2 - 0.5
+        assert s.meta["intrinsics"] == pytest.approx(
+            {"fx": 74.25, "fy": 73.625, "cx": 39.875, "cy": 29.5}, abs=1e-9
         )
-        assert s.meta["intrinsics"] == pytest.approx(want, abs=1e-9)
-        assert s.meta["intrinsics"]["fx"] == pytest.approx(74.25) and s.meta["intrinsics"][
-            "cx"
-        ] == pytest.approx(39.875)
         assert s.meta["depth_intrinsics"] == pytest.approx(
             {"fx": 74.25, "fy": 73.5, "cx": 39.75, "cy": 29.625}
         )
@@ -175,10 +173,12 @@ def test_depth_and_labels_resized_by_nearest(tmp_path: Path, spec: fx.SensSpec) 
     expected = np.full(ids.shape, 255, np.uint8)
     for sid, train in ((1, 0), (2, 4), (40, 14), (3000, 19)):
         expected[ids == sid] = train
-    np.testing.assert_array_equal(lab, resize_nearest(expected, (40, 30)))
+    # pixel-centre nearest: output pixel x samples input floor((x + 0.5) * 4) = 4x + 2 (labels,
+    # 160x120 -> 40x30) and floor((x + 0.5) * 2) = 2x + 1 (depth, 80x60 -> 40x30)
+    np.testing.assert_array_equal(lab, expected[2::4, 2::4])
     assert set(np.unique(lab)) == {0, 4, 14, 255}
-    np.testing.assert_array_equal(samples[1].label, resize_nearest(expected[::-1], (40, 30)))
-    np.testing.assert_array_equal(samples[0].depth, resize_nearest(fx.depth_of(spec, 0), (40, 30)))
+    np.testing.assert_array_equal(samples[1].label, expected[::-1][2::4, 2::4])
+    np.testing.assert_array_equal(samples[0].depth, fx.depth_of(spec, 0)[1::2, 1::2])
     assert LABELS.classes[14] == "refrigerator" and len(LABELS.classes) == 20
 
 
@@ -334,10 +334,8 @@ def test_cli_truncated_sens_skip_counts_frames(tmp_path: Path, spec: fx.SensSpec
     assert [e["source"] for e in log] == [str(sens)] * 2
     assert sum(f"frame 1 at byte {off1}" in e["reason"] for e in log) == 1  # reported once
     res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "f"), *args[4:], "--no-progress"])
-    assert res.exit_code == 1 and f"{sens}: scan scene0001_00: frame 1 at byte {off1}" in str(
-        res.output
-    ) + str(res.exception)
-    assert not (tmp_path / "f" / "_info.json").exists()
+    line = assert_one_line_error(res, sens, out=tmp_path / "f")
+    assert line.startswith(f"Error: {sens}: scan scene0001_00: frame 1 at byte {off1}"), line
 
 
 def test_cli_deep_truncation_prints_a_few_lines_and_logs_every_frame(
@@ -499,6 +497,35 @@ def test_real_constructed_sens_fixture(tmp_path: Path) -> None:
         np.testing.assert_array_equal(dec.depth_raw, s.depth)
 
 
+def test_fixture_writer_reproduces_the_constructed_sens_byte_for_byte(tmp_path: Path) -> None:
+    """The .sens the other tests build comes from fx.write_sens; fed the header and frames of the
+    shared constructed file (written by a separate writer from the official layout), it must give
+    back that file exactly, so the fixtures are the real layout and not this project's reading."""
+    sens = FIXTURES / "scannet_sens_constructed" / "scene0000_00_fixture.sens"
+    if not sens.is_file():
+        pytest.skip("../shared/fixtures absent")
+    with SensReader(sens) as r:
+        h = r.header
+        frames = [r.read_frame(i) for i in range(h.num_frames)]
+    spec = fx.SensSpec(
+        frames=[
+            fx.Frame(
+                pose=fx.NO_POSE if f.pose is None else f.pose, color=f.color, depth=f.depth,
+                timestamp_color=f.timestamp_color, timestamp_depth=f.timestamp_depth,
+            )
+            for f in frames
+        ],
+        name=h.sensor_name, color_size=h.color_size, depth_size=h.depth_size,
+        intrinsic_color=h.intrinsic_color, extrinsic_color=h.extrinsic_color,
+        intrinsic_depth=h.intrinsic_depth, extrinsic_depth=h.extrinsic_depth,
+        depth_shift=h.depth_shift,
+    )  # fmt: skip
+    assert (h.color_compression, h.depth_compression) == ("jpeg", "zlib")
+    assert (spec.color_compression, spec.depth_compression) == (2, 1)
+    written = fx.write_sens(tmp_path / "again.sens", spec)  # the IMU block: a count of 0
+    assert written.read_bytes() == sens.read_bytes()
+
+
 def test_real_split_lists(tmp_path: Path) -> None:
     meta = FIXTURES / "scannet_meta"
     if not meta.is_dir():
@@ -567,10 +594,10 @@ def test_cli_on_error_skip_and_fail(tmp_path: Path, spec: fx.SensSpec) -> None:
     _scene(src, replace(spec, frames=frames))
     args = ["convert", "scannet", str(src), "--frame-skip", "1", "--size", "80x60", "--no-progress"]
     res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "a"), *args[3:]])
-    assert res.exit_code == 1
     sens = src / "scans" / "scene0001_00" / "scene0001_00.sens"
-    assert f"{sens}: scan scene0001_00: frame 2 at byte " in str(res.output) + str(res.exception)
-    assert "colour jpeg does not decode" in str(res.output) + str(res.exception)
+    line = assert_one_line_error(res, out=tmp_path / "a")
+    assert line.startswith(f"Error: {sens}: scan scene0001_00: frame 2 at byte "), line
+    assert "colour jpeg does not decode" in line
     res = CliRunner().invoke(
         main, [*args[:3], str(tmp_path / "b"), *args[3:], "--on-error", "skip"]
     )
@@ -578,6 +605,10 @@ def test_cli_on_error_skip_and_fail(tmp_path: Path, spec: fx.SensSpec) -> None:
     log = (tmp_path / "b" / "errors.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["source"] == str(sens)
     assert "frame 2 at byte" in json.loads(log[0])["reason"]
+    # the bad frame is counted and the rest goes on: frames 0, 1 and 3 are in the dataset
+    info = json.loads((tmp_path / "b" / "_info.json").read_text())
+    assert info["errors"] == {"skipped": 1, "log": "errors.jsonl"}
+    assert info["splits"]["train"]["num_samples"] == 3
 
 
 def test_cli_workers_give_identical_shards(tmp_path: Path, spec: fx.SensSpec) -> None:

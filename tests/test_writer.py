@@ -129,8 +129,14 @@ def test_existing_dataset_is_not_clobbered(tmp_path):
     assert shard_hashes(root) == before
     convert_synthetic(root, num=5, mode="overwrite")
     assert json.loads((root / "_info.json").read_text())["splits"]["train"]["num_samples"] == 5
-    # resume of a complete dataset with the same arguments is a no-op
+
+    # resume of a complete dataset with the same arguments is a no-op: no file is rewritten
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
+
+    untouched = stamps()
     convert_synthetic(root, num=5, mode="resume")
+    assert stamps() == untouched
     with pytest.raises(UsageError, match="other arguments"):
         convert_synthetic(root, num=6, mode="resume")
 
