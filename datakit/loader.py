@@ -8,6 +8,7 @@ them (:mod:`datakit.gpu_views`); depth and labels are resampled on the CPU eithe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -140,7 +141,10 @@ def _world() -> tuple[int, int]:
 
 
 class PairLoader:
-    """An iterable of SPEC 4 batch dicts; ``len()`` is the batches per epoch on this rank.
+    """An iterable of SPEC 4 batch dicts; ``len()`` is the batches per epoch on this rank. A
+    resampled stream, or one with ``epoch_samples`` given, is cut there; otherwise an epoch reads
+    this rank's shards once (each worker collates its own batches, so with ``drop_last=False``
+    their partial batches can make a few more).
 
     Call :meth:`set_epoch` before each epoch (as with DistributedSampler) for a fresh shard order
     and fresh views; the same (seed, epoch) gives the same batches for a fixed worker count.
@@ -203,6 +207,10 @@ class PairLoader:
         labels = info.labels or {}
         self.ignore_index = int(labels.get("ignore_index", 255))
         self.epoch_samples = epoch_samples or info.num_samples(split)
+        # An endless (resampled) stream, or an epoch length asked for, is cut at len(); otherwise
+        # each rank reads its shards once: workers' partial batches or an uneven rank share can
+        # make more batches than len() says, and cutting there would drop their samples.
+        self._cut = self.resampled or bool(epoch_samples)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -263,10 +271,9 @@ class PairLoader:
             from datakit.gpu_views import GpuViews
 
             gpu_views = GpuViews(self.views, self.device)
-        total = len(self)
-        for i, batch in enumerate(batches):
-            if i >= total:
-                break
+        if self._cut:  # islice: no batch is made past the cut
+            batches = itertools.islice(batches, len(self))
+        for batch in batches:
             yield gpu_views(batch) if gpu_views is not None else batch
 
     def _start(self, loader: Any) -> Iterator[dict[str, Any]]:

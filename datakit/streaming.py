@@ -76,6 +76,10 @@ class ShardStream(io.RawIOBase):
 
     def _fetch(self, start: int, end: int) -> bytes:
         def once() -> bytes:
+            # Closed while this fetch waited (queued, or between retries): a request now would
+            # reopen the source after close() dropped its body, and nothing would close it again.
+            if self._closing:
+                raise StorageError(f"{self.where}: closed while reading")
             data = self.source.read_range(start, end)
             if len(data) != end - start:
                 raise TruncatedRead(f"got {len(data)} of {end - start} bytes at offset {start}")
@@ -181,7 +185,9 @@ class CachingStream(io.RawIOBase):
         try:
             left = self.stream.size - self.stream.pos
             if not self._failed and 0 < left <= _DRAIN_LIMIT:
-                self.read(left)  # tar padding the reader did not need
+                # tar padding the reader did not need; a read returns at most one chunk's rest
+                while self.stream.pos < self.stream.size and self.read(left):
+                    left = self.stream.size - self.stream.pos
             if self._out is not None:
                 self._out.close()
                 self._out = None

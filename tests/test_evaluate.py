@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def test_eval_size_and_holdout_are_stable() -> None:
     keys = [f"train_{i:06d}" for i in range(2000)]
     frac = sum(in_holdout(key, 0.2) for key in keys) / len(keys)
     assert 0.15 < frac < 0.25
+    # the same hold-out in another process with another string hash seed (a later eval run): the
+    # samples scored must never drift into the ones the probe trained on
+    import subprocess
+    import sys
+
+    code = (
+        "from training.eval_data import in_holdout\n"
+        "print(''.join('1' if in_holdout(f'train_{i:06d}', 0.2) else '0' for i in range(2000)))"
+    )
+    here = "".join("1" if in_holdout(key, 0.2) else "0" for key in keys)
+    hash_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+    )
+    assert res.stdout.strip() == here
 
 
 def test_labels_are_resized_in_register_with_the_image() -> None:

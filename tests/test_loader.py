@@ -246,3 +246,17 @@ def test_depth_is_the_stored_code_times_depth_scale_at_the_coords(synthetic_data
             assert len(hits) == 1, hits
             matched += hits
     assert sorted(matched) == list(range(len(sources)))
+
+
+def test_an_epoch_without_resampling_keeps_every_workers_partial_batch(tmp_path):
+    """Each worker collates its own batches, so with drop_last=False two workers over 3 shards of 4
+    make 5 batches (3+3+2, 3+1) where len() = ceil(12 / 3) = 4: none may be cut off."""
+    from tests.conftest import convert_synthetic
+
+    ds = convert_synthetic(tmp_path / "ds", num=12, size=(48, 32), shard_size=4)
+    loader = make_loader(ds, 3, views=SMALL, drop_last=False, shuffle=False, num_workers=2)
+    keys = rows(list(loader))
+    assert len(keys) == 12 == len(set(keys))
+    # An epoch length asked for (or a resampled stream) is still cut at len().
+    cut = make_loader(ds, 3, views=SMALL, drop_last=False, epoch_samples=6, num_workers=2)
+    assert len(list(cut)) == len(cut) == 2

@@ -321,6 +321,12 @@ def test_periodic_pairs_wrap_across_the_seam() -> None:
         cq, ck, (2, 2), (2, 2), S, periodic=torch.tensor([False]), period=period
     )
     assert float(near.min()) < float(far.min()) / 5
+    # every pair against the slow loop, at this period (a period of 1 puts the seam 1/63 off)
+    for i in range(4):
+        for j in range(4):
+            for got, wraps in ((near, True), (far, False)):
+                want = slow_dist(cq[0].tolist(), ck[0].tolist(), 2, 2, 2, 2, i, j, wraps, period)
+                assert float(got[0, i, j]) == pytest.approx(want, rel=1e-5), (i, j, wraps)
 
 
 # ------------------------------------------------------------------------- depth filter properties
@@ -583,6 +589,42 @@ def test_queue_is_a_fifo_of_the_last_keys() -> None:
 
 
 # ------------------------------------------------------------------------------- optimisation
+
+
+@pytest.mark.parametrize("method", ["pixpro-depth", "pixcon"])
+def test_momentum_encoder_starts_as_a_copy_and_follows_the_ema(method: str) -> None:
+    # SPEC 5: theta_m <- m theta_m + (1 - m) theta, for every momentum module (the children named
+    # ``X_m`` beside their online ``X``: backbone, projectors or heads), read here from the names
+    # rather than from the method's own list of pairs
+    from training.config import TrainConfig, resolve
+    from training.methods import build_method
+
+    cfg = TrainConfig(
+        data="-", out="-", method=method, arch="resnet18", multiscale=method == "pixpro-depth",
+        batch_size=2, steps=5, proj_hidden=16, proj_dim=8, head_hidden=32, pred_hidden=16,
+        queue_size=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = build_method(resolve(cfg, num_samples=2))
+    pairs = [
+        (getattr(net, name[:-2]), module)
+        for name, module in net.named_children()
+        if name.endswith("_m")
+    ]
+    assert len(pairs) == (2 if method == "pixpro-depth" else 3)
+    for online, target in pairs:
+        for (name, p), q in zip(online.named_parameters(), target.parameters(), strict=True):
+            assert torch.equal(p, q) and not q.requires_grad, name
+    with torch.no_grad():  # online and momentum weights apart, as after some training
+        for online, _ in pairs:
+            for p in online.parameters():
+                p.add_(torch.randn_like(p))
+    before = [[q.detach().clone() for q in target.parameters()] for _, target in pairs]
+    m = 0.9
+    net.momentum_update(m)
+    for (online, target), old in zip(pairs, before, strict=True):
+        for (name, p), q, q0 in zip(online.named_parameters(), target.parameters(), old):
+            torch.testing.assert_close(q, m * q0 + (1 - m) * p.detach(), msg=name)
 
 
 def test_momentum_and_lr_schedules_follow_the_formulas() -> None:

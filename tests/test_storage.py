@@ -450,10 +450,15 @@ def test_http_resume_after_truncation_without_range_support(datasets, http_serve
     (root / name).write_bytes((local / name).read_bytes())
     proxy = FaultProxy(int(base.rsplit(":", 1)[1]))
     try:
-        proxy.faults.extend(["pass", ("truncate", 30000), "503"])
+        # the one GET is cut inside the second chunk; the resume is first answered 503, then with
+        # the whole body again (http.server ignores Range): the first 16 KiB must be skipped
+        proxy.faults.extend([("truncate", 30000), "503"])
         cfg = FAST.with_(chunk_bytes=16 << 10, readahead=1)
         with open_stream(f"{proxy.url}/{name}", cfg) as f:
             assert f.read() == (local / name).read_bytes()
+        ranges = [r[1] for r in proxy.requests if r[0].startswith("GET ")]
+        assert ranges == ["", "bytes=16384-", "bytes=16384-"], proxy.requests
+        assert not proxy.faults  # every fault was met
     finally:
         proxy.close()
 
@@ -839,3 +844,67 @@ def test_ddp_gloo_make_loader_two_ranks_two_workers(aws, tmp_path):
     assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     groups = list(seen.values())
     assert all(len(g) == 2 for g in groups) and set().union(*groups) == urls and len(urls) == 8
+
+
+def test_cache_completes_a_tail_that_spans_several_chunks(http_server, tmp_path):
+    """A reader that stops in the last stretch of a shard (tar padding it did not need) still leaves
+    a whole cached copy when that stretch runs over more than one read chunk."""
+    base, root = http_server
+    data = np.random.default_rng(3).bytes(40960)
+    (root / "tail.tar").write_bytes(data)
+    cfg = FAST.with_(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096)
+    with open_shard(f"{base}/tail.tar", cfg) as f:
+        got = 0
+        while got < len(data) - 5000:  # 5000 bytes left: more than one 4 KiB chunk
+            got += len(f.read(min(1000, len(data) - 5000 - got)))
+    (kept,) = os.listdir(tmp_path / "cache")
+    assert (tmp_path / "cache" / kept).read_bytes() == data
+
+
+def test_a_closed_stream_sends_no_more_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk fetch waiting out a retry's backoff when its reader closes must not send the retry:
+    close() has already dropped the source's body, so a body opened then would stay open."""
+    import threading
+    import types
+
+    from datakit import remote
+
+    class Flaky:
+        url, sequential = "http://127.0.0.1:9/flaky.tar", True
+
+        def __init__(self) -> None:
+            self.calls, self.after_close = 0, 0
+            self.closed = threading.Event()
+
+        def size(self) -> int:
+            return 8192
+
+        def identity(self) -> str:
+            return "8192:x"
+
+        def read_range(self, start: int, end: int) -> bytes:
+            self.calls += 1
+            self.after_close += self.closed.is_set()
+            if self.calls == 1:
+                raise ConnectionResetError("reset")  # transient: retried after the backoff
+            return b"\0" * (end - start)
+
+        def close(self) -> None:
+            self.closed.set()
+
+    src = Flaky()
+    backoff = threading.Event()
+
+    def sleep_until_closed(_: float) -> None:  # the backoff lasts until the reader has closed
+        backoff.set()
+        src.closed.wait(5)
+
+    monkeypatch.setattr(
+        remote, "time", types.SimpleNamespace(sleep=sleep_until_closed, monotonic=time.monotonic)
+    )
+    cfg = StorageConfig(backoff_s=0.2, max_backoff_s=0.2, attempts=3, chunk_bytes=4096)
+    stream = ShardStream(src, cfg)  # type: ignore[arg-type]
+    assert backoff.wait(5)
+    stream.close()  # during the first fetch's backoff
+    time.sleep(0.5)  # a retry, if one were sent, comes at once
+    assert src.after_close == 0 and src.calls == 1

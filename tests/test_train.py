@@ -4,6 +4,7 @@ after a crash, DDP under torchrun (gloo) with disjoint shards, streaming from th
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -77,6 +78,25 @@ def test_train_every_method_20_steps(
     assert saved["method"] == method and saved["optimizer"] in ("lars", "sgd")
     assert saved["lr"] is not None and saved["warmup_steps"] is not None  # resolved
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    # SPEC 5's schedules, by hand, at the 0-based step k = logged step - 1: linear warmup to lr,
+    # then cosine to 0 at the last step; m = 1 - (1 - ema)(cos(pi k / K) + 1) / 2
+    lr, warmup, total, ema = saved["lr"], saved["warmup_steps"], saved["steps"], saved["ema"]
+    assert 0 < warmup < total == 20
+
+    def lr_at(k: int) -> float:
+        if k < warmup:
+            return lr * (k + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
+
+    for r in recs:
+        k = r["step"] - 1
+        assert r["lr"] == pytest.approx(lr_at(k), rel=1e-6), r
+        assert r["momentum"] == pytest.approx(
+            1 - (1 - ema) * (math.cos(math.pi * k / total) + 1) / 2, rel=1e-9
+        ), r
+    # the optimiser itself ran the last step at the scheduled lr, not only the log
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([lr_at(total - 1)] * len(groups), rel=1e-6)
 
 
 def test_pixcon_warns_when_its_queues_fill_late(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -168,12 +168,22 @@ def test_recipe_is_asymmetric_and_switchable():
     assert blur1 == 1.0 and 0.04 < blur2 < 0.2
     assert sol1 == 0.0 and 0.12 < sol2 < 0.3
     assert 0.7 < jit < 0.9 and 0.4 < flip < 0.6
+    for v in (0, 1):  # grayscale p=0.2 on both views
+        assert 0.12 < np.mean([p[v].photometric.grayscale for p in draws]) < 0.28
+    # ColorJitter(0.4, 0.4, 0.2, 0.1): factors in [1 - s, 1 + s], hue in [-0.1, 0.1], both ends
+    # reached
+    for name, lo, hi in [("brightness", 0.6, 1.4), ("contrast", 0.6, 1.4),
+                         ("saturation", 0.8, 1.2), ("hue", -0.1, 0.1)]:  # fmt: skip
+        values = [getattr(p[v].photometric, name) for p in draws for v in (0, 1)]
+        end = 0.05 * (hi - lo)
+        assert lo <= min(values) < lo + end and hi - end < max(values) <= hi, name
     areas = [p[0].box.width * p[0].box.height / (640 * 480) for p in draws]
     assert min(areas) > 0.07 and max(areas) <= 1.0
-    off = sample_pair(
-        np.random.default_rng(0), 480, 640, dataclasses.replace(cfg, photometric=False)
-    )
-    assert off[1].photometric.blur_sigma == 0 and not off[1].photometric.jitter
+    # photometric=False: no colour op on either view, whatever the draw
+    off = dataclasses.replace(cfg, photometric=False)
+    for i in range(50):
+        for view in sample_pair(np.random.default_rng(i), 480, 640, off):
+            assert view.photometric == Photometric(), view.photometric
 
 
 def test_coords_convention_examples():
@@ -320,6 +330,12 @@ def test_overlap_wraps_for_periodic():
     a, b = Box(190, 0, 20, 10), Box(0, 0, 10, 10)
     assert overlap(a, b, 200) == 0
     assert overlap(a, b, 200, periodic=True) == 1.0
+    # intersection over the smaller crop's area, by hand: 5 x 5 of 10 x 10; 5 x 4 of 20 x 4 across
+    # the seam; crops apart in y share nothing even where their x ranges meet
+    assert overlap(Box(0, 0, 10, 10), Box(5, 5, 10, 20), 200) == pytest.approx(25 / 100)
+    assert overlap(Box(195, 0, 10, 10), Box(0, 2, 20, 4), 200, periodic=True) == 20 / 80
+    assert overlap(Box(195, 0, 10, 10), Box(0, 2, 20, 4), 200) == 0
+    assert overlap(Box(0, 0, 10, 10), Box(0, 20, 10, 10), 200) == 0
 
 
 def test_periodic_crops_wrap_and_roll_can_be_switched_off():
