@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -72,3 +73,39 @@ def test_gpu_session_runs_every_gpu_marked_test_file_and_refuses_unknown_parts(t
     )
     assert res.returncode == 2 and "unknown part bogus" in res.stderr
     assert not (tmp_path / "out").exists()  # refused before anything ran or was made
+
+
+def test_cell_similarity_labels_and_cosines_by_hand() -> None:
+    from bench.cell_similarity import cell_labels, similarity_stats
+
+    labels = torch.tensor(
+        [
+            [1, 1, 2, 2, 9, 9],
+            [1, 3, 2, 255, 9, 9],
+            [4, 4, 5, 5, 255, 255],
+            [4, 4, 6, 5, 255, 255],
+        ]
+    )[None]
+    major, share = cell_labels(labels, (2, 3), ignore=255)
+    assert major.tolist() == [[[1, 2, 9], [4, 5, 0]]]
+    assert share.tolist() == [[[0.75, 1.0, 1.0], [1.0, 0.75, 0.0]]]
+
+    # two images of 1x2 cells, two channels: image 0 = [1,0], [1,0] (labels 1, 1: a "same"
+    # pair, cosine 1); image 1 = [0,1], [1,0] (labels 1, 2: a "diff" pair, cosine 0)
+    feats = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]], [[[0.0, 1.0]], [[1.0, 0.0]]]])
+    major = torch.tensor([[[1, 1]], [[1, 2]]])
+    pure = torch.ones(2, 1, 2, dtype=torch.bool)
+    stats = similarity_stats(feats, major, pure, standardise=False)
+    # within (1 + 0) / 2; across: a.c 0, a.d 1, b.c 0, b.d 1; same position: a.c 0, b.d 1
+    assert stats == {"within": 0.5, "across": 0.5, "same_pos": 0.5, "same": 1.0, "diff": 0.0}
+    # standardised per channel: any per-channel scale and shift leaves the statistics unchanged
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 4, 2, 3, generator=g)
+    major = torch.randint(0, 3, (3, 2, 3), generator=g)
+    pure = torch.rand(3, 2, 3, generator=g) > 0.2
+    moved = feats * torch.tensor([0.1, 5.0, 2.0, 30.0]).view(1, 4, 1, 1) + torch.tensor(
+        [3.0, -1.0, 0.0, 7.0]
+    ).view(1, 4, 1, 1)
+    a, b = similarity_stats(feats, major, pure), similarity_stats(moved, major, pure)
+    assert a == pytest.approx(b, abs=1e-6)  # (float32 inputs)
+    assert similarity_stats(moved, major, pure, standardise=False) != pytest.approx(a)
