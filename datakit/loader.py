@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from datakit import schema
+from datakit import schema, skips
 from datakit.errors import SampleError, UsageError, naming_shard
 from datakit.jpeg import jpeg_header
 from datakit.reader import Dataset, open_dataset, pipeline
+from datakit.skips import SKIPPED_KEY, Skipped
 from datakit.views import PairedViews, ViewConfig, collate_views, make_views, sample_seed
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,16 @@ def _decode_for_views(
 ) -> tuple[schema.DecodedSample, bytes | None]:
     key = sample["__key__"]
     decoded: dict[str, Any] = {}
+    seen: set[str] = set()
     jpeg, jpeg_hw = None, (0, 0)
     for ext, data in sample.items():
         f = schema.EXTENSION_TO_FIELD.get(ext)
-        if f is None or (f.name == "label" and not labels) or (f.name == "depth" and not depth):
+        if f is None:
+            continue
+        if f.name in seen:  # as schema.decode: rgb.jpg and rgb.png in one sample is an error
+            raise SampleError(f"{key}: two members for field {f.name}")
+        seen.add(f.name)
+        if (f.name == "label" and not labels) or (f.name == "depth" and not depth):
             continue
         try:
             if f.name == "rgb" and not rgb and ext.endswith(("jpg", "jpeg")):
@@ -90,10 +97,37 @@ def _decode_for_views(
     return out, jpeg
 
 
-def _warn_and_skip(exc: BaseException) -> bool:
-    """WebDataset handler for ``on_error="skip"``: log the bad sample or shard and go on."""
-    log.warning("skipped: %s", exc)
-    return True
+class _Batches:
+    """Worker stage: view pairs -> collated batches, each carrying under SKIPPED_KEY the skips
+    (:mod:`datakit.skips`) made since the previous one. A full batch waits for the next sample (or
+    the end of the stream), so that the skips after a worker's last batch come with it; they come
+    alone only from a worker that makes no batch."""
+
+    def __init__(self, size: int, collate: _Collate, partial: bool) -> None:
+        self.size, self.collate, self.partial = size, collate, partial
+
+    def __call__(self, pairs: Iterator[Any]) -> Iterator[dict[str, Any]]:
+        skips.take()  # counts a forked worker inherited belong to no batch of this stream
+        full: list[Any] | None = None
+        items: list[Any] = []
+        for pair in pairs:
+            if full is not None:
+                yield self._batch(full)
+                full = None
+            items.append(pair)
+            if len(items) == self.size:
+                full, items = items, []
+        if full is not None:
+            yield self._batch(full)
+        if items and self.partial:
+            yield self._batch(items)
+        elif rest := skips.take():
+            yield {SKIPPED_KEY: rest}
+
+    def _batch(self, items: list[Any]) -> dict[str, Any]:
+        batch = self.collate(items)
+        batch[SKIPPED_KEY] = skips.take()
+        return batch
 
 
 class _CpuViews:
@@ -212,6 +246,9 @@ class PairLoader:
         # make more batches than len() says, and cutting there would drop their samples.
         self._cut = self.resampled or bool(epoch_samples)
         self.epoch = 0
+        # bad samples (on_error="skip") and unreadable shards (that, or on_shard_error="skip")
+        # skipped in the making of the batches yielded so far, summed over workers and epochs
+        self.skipped = Skipped()
 
     def __len__(self) -> int:
         per_rank = self.epoch_samples // self.world
@@ -226,7 +263,7 @@ class PairLoader:
         import webdataset as wds
 
         # Not wds.warn_and_continue: it sleeps 0.5 s per error.
-        handler = _warn_and_skip if self.on_error == "skip" else wds.reraise_exception
+        handler = skips.skip_handler if self.on_error == "skip" else wds.reraise_exception
         stage = (_EncodedViews if self.gpu else _CpuViews)(self.views, self.seed, self.epoch)
         # A per-epoch seed for shard order and buffer; views are seeded per sample key.
         pipe = pipeline(
@@ -242,13 +279,8 @@ class PairLoader:
             decode=False,
         )
         pipe.append(wds.map(stage, handler=handler))
-        pipe.append(
-            wds.batched(
-                self.batch_size,
-                collation_fn=_Collate(self.views, self.ignore_index, self.gpu),
-                partial=not self.drop_last,
-            )
-        )
+        collate = _Collate(self.views, self.ignore_index, self.gpu)
+        pipe.append(_Batches(self.batch_size, collate, partial=not self.drop_last))
         return pipe
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -265,7 +297,7 @@ class PairLoader:
             pin_memory=pin,
             **kwargs,
         )
-        batches = self._start(loader)
+        batches = self._counted(self._start(loader))
         gpu_views = None
         if self.gpu:
             from datakit.gpu_views import GpuViews
@@ -275,6 +307,13 @@ class PairLoader:
             batches = itertools.islice(batches, len(self))
         for batch in batches:
             yield gpu_views(batch) if gpu_views is not None else batch
+
+    def _counted(self, items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The workers' batches without their skip counts, which go to ``self.skipped``."""
+        for item in items:
+            self.skipped += item.pop(SKIPPED_KEY, Skipped())
+            if item:  # else a worker's last skips, after its last batch
+                yield item
 
     def _start(self, loader: Any) -> Iterator[dict[str, Any]]:
         """Start the workers. They fork with OpenCV's thread pool off: one thread per worker (the
@@ -309,7 +348,8 @@ def make_loader(
     Options (keywords of :class:`PairLoader`): split ("train"), shuffle (True), shuffle_buffer
     (1000 samples), resampled (endless shard resampling; default on under DDP), drop_last (True),
     pin_memory (auto), device ("cpu", or "cuda" for the GPU path), epoch_samples (default: the
-    split's count in _info.json), on_error ("raise" or "skip"), prefetch_factor, storage_options.
+    split's count in _info.json), on_error ("raise" or "skip": bad samples and unreadable shards are
+    logged and skipped; ``loader.skipped`` counts them), prefetch_factor, storage_options.
     Raises :class:`~datakit.errors.UsageError` for bad arguments and
     :class:`~datakit.errors.DatasetIncomplete` for a dataset without _info.json.
     """

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import IO, Any, Literal
 
+from datakit import skips
 from datakit.remote import StorageConfig, StorageError, TruncatedRead, _short, retry
 from datakit.sources import FsspecSource, HttpSource, RangeSource, S3Source, make_source
 from datakit.urls import credentials_snapshot, install_credentials, is_url, redact
@@ -345,7 +346,8 @@ class ShardSamples:
 
     A shard that stays unreadable (missing, denied, retries exhausted, broken tar) raises
     :class:`StorageError` naming it, or, with ``on_shard_error="skip"`` or a ``handler`` that returns
-    True, is logged and skipped (its samples already yielded stay yielded; a partial sample never is).
+    True, is logged, counted (:mod:`datakit.skips`) and skipped (its samples already yielded stay
+    yielded; a partial sample never is).
     """
 
     def __init__(
@@ -399,7 +401,7 @@ class ShardSamples:
             if count:
                 err = StorageError(f"{err} (after {count} samples)", err.kind)
             if config.on_shard_error == "skip" or (self.handler is not None and self.handler(err)):
-                log.warning("skipping shard: %s", err)
+                skips.skip_shard(err)  # the one line naming it; counted for the run's summary
                 return
             raise err from None
 

@@ -58,6 +58,21 @@ def with_bad_member(dataset: Path, out: Path, member: str, data: bytes = b"garba
     raise FileNotFoundError(member)
 
 
+def with_bad_units(dataset: Path, out: Path) -> Path:
+    """A copy of ``dataset`` (4 samples a shard) at ``out`` whose shard holding ``train_000001``
+    has that sample's JPEG garbled and is cut short inside ``train_000003``'s depth member: read
+    with skipping, it gives its samples 0 and 2, one bad sample and one unreadable shard. Returns
+    the shard's path."""
+    import tarfile
+
+    shard = with_bad_member(dataset, out, "train_000001.rgb.jpg")
+    with tarfile.open(shard) as tar:
+        cut = tar.getmember("train_000003.depth.png").offset_data + 100
+    with shard.open("r+b") as f:
+        f.truncate(cut)
+    return shard
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Hypothesis keeps its example database and constants cache under ./.hypothesis by default
     (written while tests are collected): inside the checkout. Give it a temporary folder instead.

@@ -350,6 +350,32 @@ def test_eval_when_every_train_shard_is_skipped(
     assert not (tmp_path / "e.json").exists()
 
 
+def test_eval_counts_what_it_skipped(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A train shard cut short with a garbled sample, read by 2 workers: --on-error skip trains the
+    probe on the 14 good samples and reports 1 shard, 1 sample in the JSON and the summary; without
+    it the evaluation stops with one line naming the shard."""
+    from tests.conftest import with_bad_units
+
+    shard = with_bad_units(synthetic_dataset, tmp_path / "bad")
+    out = tmp_path / "e.json"
+    args = [
+        "eval", "--data", str(tmp_path / "bad"), "--random-init", "--arch", "resnet18",
+        "--image-size", "32", "--epochs", "1", "--workers", "2", "--out", str(out),
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [*args, "--on-error", "skip"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["skipped"] == {"shards": 1, "samples": 1} and result["num_train"] == 14
+    assert (
+        r.stdout.strip()
+        .splitlines()[-1]
+        .endswith(f"-> {out}; skipped 1 shard, 1 sample (see the log lines above)")
+    )
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "strict.json")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"Error: {shard}: "), r.output
+
+
 @pytest.mark.slow
 def test_demo_trains_and_evaluates(tmp_path: Path) -> None:
     out = tmp_path / "demo"

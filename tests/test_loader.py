@@ -10,7 +10,7 @@ import datakit
 from datakit.errors import DatasetIncomplete, SampleError, UsageError
 from datakit.loader import make_loader
 from datakit.views import BATCH_KEYS, ViewConfig
-from tests.conftest import with_bad_member
+from tests.conftest import with_bad_member, with_bad_units
 
 SMALL = ViewConfig(size=32)
 
@@ -260,3 +260,59 @@ def test_an_epoch_without_resampling_keeps_every_workers_partial_batch(tmp_path)
     # An epoch length asked for (or a resampled stream) is still cut at len().
     cut = make_loader(ds, 3, views=SMALL, drop_last=False, epoch_samples=6, num_workers=2)
     assert len(list(cut)) == len(cut) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skips_are_counted_across_workers_and_left_out_of_the_batch(
+    synthetic_dataset, tmp_path, caplog, workers
+):
+    """One bad sample and one shard cut short, skipped: an epoch of 14 good samples (the cut shard's
+    samples 0 and 2 stay), and ``loader.skipped`` says 1 shard and 1 sample whichever worker met
+    them; the count travels with the batches but never shows in one."""
+    from datakit.skips import Skipped
+
+    shard = with_bad_units(synthetic_dataset, tmp_path / "bad")
+    loader = make_loader(tmp_path / "bad", 2, views=SMALL, num_workers=workers, on_error="skip")
+    with caplog.at_level("WARNING"):
+        batches = list(loader)
+    assert len(batches) == 7 and all(set(b) == set(BATCH_KEYS) for b in batches)
+    assert loader.skipped == Skipped(shards=1, samples=1)
+    list(loader)  # a second epoch adds its own
+    assert loader.skipped == Skipped(shards=2, samples=2)
+    if workers == 0:  # the records of this process: one line per skip, naming the shard
+        lines = [r.getMessage() for r in caplog.records if str(shard) in r.getMessage()]
+        sample = f"skipping sample: {shard}: train_000001.rgb.jpg: image bytes do not decode"
+        cut = (
+            f"skipping shard: {shard}: unreadable shard (unexpected end of data) (after 3 samples)"
+        )
+        assert sorted(lines) == [sample, sample, cut, cut]
+
+
+def test_a_sample_with_two_rgb_members_is_refused_as_schema_decode_does(
+    synthetic_dataset, tmp_path
+):
+    import io
+    import shutil
+    import tarfile
+
+    shutil.copytree(synthetic_dataset, tmp_path / "two")
+    shard = tmp_path / "two" / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, payload in members:
+            tar.addfile(m, io.BytesIO(payload))
+            if m.name == "train_000001.rgb.jpg":  # a PNG beside the JPEG, in the same sample
+                extra = tarfile.TarInfo("train_000001.rgb.png")
+                extra.size = len(payload)
+                tar.addfile(extra, io.BytesIO(payload))
+    expected = f"{shard}: train_000001: two members for field rgb"
+    with pytest.raises(SampleError) as err:
+        list(datakit.open_dataset(tmp_path / "two"))
+    assert str(err.value) == expected
+    for device in ("cpu", "cuda"):  # the CPU path's decoding and the GPU path's worker side
+        loader = make_loader(tmp_path / "two", 4, views=SMALL, shuffle=False, device=device)
+        loader.device = "cpu"  # the GPU path's kernels also run on CPU torch
+        with pytest.raises(SampleError) as err:
+            list(loader)
+        assert str(err.value) == expected

@@ -536,3 +536,66 @@ def test_prefetching_stream_gives_the_same_batches_and_positions(synthetic_datas
         {"epoch": 1, "batch": 1},
         {"epoch": 1, "batch": 2},
     ]
+
+
+def test_skipped_shards_and_samples_are_counted_in_metrics_and_summary(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """A shard cut short and a sample with a garbled JPEG, read by 2 loader workers: with
+    --on-error skip the run goes on, and metrics.jsonl and the summary count each skip once (7
+    batches of 2 from the 14 good samples: the run's 7 steps read the whole epoch); without it the
+    run stops with one line naming the shard."""
+    from tests.conftest import with_bad_units
+
+    shard = with_bad_units(synthetic_dataset, tmp_path / "bad")
+    args = [
+        "--data", str(tmp_path / "bad"), "--steps", "7", *FAST, "--batch-size", "2",
+        "--workers", "2", "--set", "log_every=1",
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    res = train(*args, "--out", str(run), "--on-error", "skip")
+    assert res.exit_code == 0, res.output
+    recs = records(run)
+    assert [r["step"] for r in recs] == list(range(1, 8))
+    totals = [(r["skipped_shards"], r["skipped_samples"]) for r in recs]
+    assert totals == sorted(totals) and totals[-1] == (1, 1), totals  # running totals
+    summary = res.stdout.strip().splitlines()[-1]
+    assert summary.endswith("; skipped 1 shard, 1 sample (see the log lines above)"), summary
+    assert checkpoint.load(run / "last.pt")["skipped"] == {"shards": 1, "samples": 1}
+    # a resumed run goes on counting from the checkpoint's total (one more epoch: 2 of each)
+    res = train("--out", str(run), "--resume", "--steps", "14")
+    assert res.exit_code == 0, res.output
+    assert (records(run)[-1]["skipped_shards"], records(run)[-1]["skipped_samples"]) == (2, 2)
+    assert "skipped 2 shards, 2 samples" in res.stdout
+
+    res = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "strict")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"Error: {shard}: "), res.output
+
+
+def test_torchrun_sums_the_skips_of_both_ranks(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The bad shard (a garbled sample, cut short) goes to rank 1 (seed 0): rank 0's metrics and
+    summary still count its skips. 3 steps of 2 a rank read that rank's 6 good samples whole."""
+    from tests.conftest import with_bad_units
+
+    shard = with_bad_units(synthetic_dataset, tmp_path / "bad")
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "TRACE_DIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), "train", "--data", str(tmp_path / "bad"), "--out", str(run), "--steps", "3",
+        "--device", "cpu", *FAST, "--seed", "0", "--on-error", "skip", "--set", "log_every=1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert str(shard) in json.loads((tmp_path / "rank1.json").read_text())
+    last = records(run)[-1]
+    assert (last["skipped_shards"], last["skipped_samples"]) == (1, 1), last
+    assert proc.stdout.count("; skipped 1 shard, 1 sample (see the log lines above)") == 1

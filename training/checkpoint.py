@@ -12,6 +12,7 @@ Keys of the checkpoint dict (``FORMAT`` = ``"datakit-train/1"``):
 | ``model`` | the whole method's state dict (online and momentum networks, heads, queues) |
 | ``optimizer`` | the optimiser's state dict |
 | ``data`` | per-rank stream positions: list of ``{"epoch": e, "batch": i}`` |
+| ``skipped`` | ``{"shards": n, "samples": m}`` skipped up to ``step``, all ranks (absent in older files) |
 | ``rng`` | ``{"torch": ByteTensor, "python": list, "numpy": dict}`` of rank 0 |
 """
 
@@ -63,6 +64,8 @@ def build_state(
     optimizer: torch.optim.Optimizer,
     step: int,
     positions: list[dict[str, int]],
+    *,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of the table above (tensors moved to the CPU). ``backbone`` shares its
     tensors with ``model``, so the file holds them once."""
@@ -77,6 +80,7 @@ def build_state(
         "model": model,
         "optimizer": _to_cpu(optimizer.state_dict()),
         "data": positions,
+        "skipped": skipped or {"shards": 0, "samples": 0},
         "rng": rng_state(),
     }
 

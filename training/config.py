@@ -57,6 +57,9 @@ class TrainConfig:
     epoch_samples: int | None = None  # samples per "epoch" when resampled (None = the split's)
     prefetch: int | None = None  # batches prepared ahead in a thread; None = 2 on CUDA, 0 on CPU
     gpu_views: bool | None = None  # decode JPEGs and resample views on the GPU; None = on for CUDA
+    on_error: str = (
+        "fail"  # fail | skip: a bad sample or unreadable shard stops the run, or is skipped
+    )
     # optimisation
     optimizer: str | None = None  # lars | sgd | adamw; None = the method's recipe
     lr: float | None = None  # None = base_lr * batch_size / 256
@@ -113,6 +116,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHOD_DEFAULTS),
     "arch": ("resnet18", "resnet50"),
     "device": ("auto", "cpu", "cuda"),
+    "on_error": ("fail", "skip"),
     "optimizer": ("lars", "sgd", "adamw"),
     "precision": ("auto", "bf16", "fp32"),
     "depth_mode": ("norm", "log", "abs"),

@@ -20,6 +20,7 @@ import torch
 from datakit.errors import UsageError
 from datakit.loader import make_loader
 from datakit.reader import Dataset
+from datakit.skips import Skipped
 from datakit.views import ViewConfig
 from training.config import TrainConfig
 
@@ -43,7 +44,9 @@ def view_config(cfg: TrainConfig) -> ViewConfig:
 
 class BatchStream:
     """``next(stream)`` -> the next batch dict; ``stream.position`` -> where the batch after the last
-    one returned comes from (what a checkpoint stores).
+    one returned comes from (what a checkpoint stores); ``stream.skipped`` -> the shards and samples
+    skipped (``cfg.on_error`` "skip", ``--on-shard-error skip``) in making the batches returned, those
+    replayed to reach a resumed position not counted.
 
     ``device`` "cuda:N" hands JPEG decoding and view resampling to the GPU (``gpu_views``) and puts
     every batch on that device. ``prefetch`` > 0 prepares that many batches ahead in a thread (on
@@ -73,10 +76,14 @@ class BatchStream:
             epoch_samples=cfg.epoch_samples,
             shuffle_buffer=cfg.shuffle_buffer,
             device=device if gpu_views else "cpu",
+            on_error="skip" if cfg.on_error == "skip" else "raise",
         )
         self.device = torch.device(device)
         self.position = {"epoch": int(position["epoch"]), "batch": int(position["batch"])}
         self._raw = dict(self.position)  # where the producer is
+        self.skipped = Skipped()
+        self._raw_skipped = Skipped()  # the producer's count
+        self._seen = Skipped()  # self.loader.skipped as last counted
         self._it: Iterator[dict[str, Any]] | None = None
         self.prefetch = prefetch
         self._queue: queue.Queue[Any] | None = None
@@ -87,12 +94,18 @@ class BatchStream:
         return self
 
     def _open(self) -> Iterator[dict[str, Any]]:
+        self._count_skips()  # the last epoch's trailing skips
         self.loader.set_epoch(self._raw["epoch"])
         it = iter(self.loader)
         for _ in range(self._raw["batch"]):
             if next(it, None) is None:
                 break
+        self._seen = self.loader.skipped  # a replayed batch's skips were counted before the resume
         return it
+
+    def _count_skips(self) -> None:
+        self._raw_skipped += self.loader.skipped - self._seen
+        self._seen = self.loader.skipped
 
     def _produce(self) -> dict[str, Any]:
         """The next batch on ``self.device``, advancing ``self._raw``."""
@@ -103,6 +116,7 @@ class BatchStream:
             batch = next(self._it, None)
             if batch is not None:
                 self._raw["batch"] += 1
+                self._count_skips()
                 return {
                     k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                     for k, v in batch.items()
@@ -120,7 +134,7 @@ class BatchStream:
     def __next__(self) -> dict[str, Any]:
         if self.prefetch <= 0:
             batch = self._produce()
-            self.position = dict(self._raw)
+            self.position, self.skipped = dict(self._raw), self._raw_skipped
             return batch
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self.prefetch)
@@ -130,14 +144,14 @@ class BatchStream:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        batch, position, event = item
+        batch, position, skipped, event = item
         if event is not None:  # the batch was made on the prefetch stream
             current = torch.cuda.current_stream(self.device)
             current.wait_event(event)
             for v in batch.values():
                 if isinstance(v, torch.Tensor) and v.is_cuda:
                     v.record_stream(current)
-        self.position = position
+        self.position, self.skipped = position, skipped
         return batch
 
     def _worker(self) -> None:
@@ -151,7 +165,7 @@ class BatchStream:
                     event = torch.cuda.Event() if side is not None else None
                     if event is not None:
                         event.record(side)
-                item = (batch, dict(self._raw), event)
+                item = (batch, dict(self._raw), self._raw_skipped, event)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)

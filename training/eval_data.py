@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from datakit import skips
 from datakit.errors import DatakitError
+from datakit.skips import Skipped
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as the training views use
 STD = (0.229, 0.224, 0.225)
@@ -24,11 +26,13 @@ STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class LabeledImages:
-    """images (N, 3, H, W) uint8, labels (N, H, W) int64 with ignore_index kept, keys in order."""
+    """images (N, 3, H, W) uint8, labels (N, H, W) int64 with ignore_index kept, keys in order;
+    ``skipped``: the shards and samples skipped in reading them."""
 
     images: Tensor
     labels: Tensor
     keys: list[str]
+    skipped: Skipped = Skipped()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -57,23 +61,41 @@ def in_holdout(key: str, fraction: float) -> bool:
     return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
 
 
+Row = tuple[str, np.ndarray, np.ndarray]  # key, rgb, label
+
+
 class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Rows, and the skips (:mod:`datakit.skips`) made in this worker since the last row as
+    :class:`Skipped` items between them."""
+
     def __init__(
-        self, urls: list[str], size: tuple[int, int], select: Callable[[str], bool], storage: Any
+        self,
+        urls: list[str],
+        size: tuple[int, int],
+        select: Callable[[str], bool],
+        storage: Any,
+        skip: bool = False,
     ) -> None:
         self.urls, self.size, self.select, self.storage = urls, size, select, storage
+        self.skip = skip
 
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[Row | Skipped]:
         from datakit.reader import pipeline
 
         h, w = self.size
-        for s in pipeline(self.urls, split_by_worker=True, storage=self.storage):
+        skips.take()  # counts a forked worker inherited belong to no row of this read
+        handler = skips.skip_handler if self.skip else None
+        for s in pipeline(self.urls, split_by_worker=True, storage=self.storage, handler=handler):
+            if got := skips.take():
+                yield got
             if not self.select(s.key):
                 continue
             if s.label is None:
                 raise DatakitError(f"{s.url}: sample {s.key} has no label member")
             rgb, label = resize_pair(s.rgb, s.label, (h, w))
             yield s.key, rgb, label
+        if got := skips.take():
+            yield got
 
 
 def read_split(
@@ -84,15 +106,17 @@ def read_split(
     select: Callable[[str], bool] = lambda key: True,
     limit: int | None = None,
     workers: int = 0,
+    skip: bool = False,
 ) -> LabeledImages:
     """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``: the first
     by key of those accepted in the first shards, in manifest order, that hold ``limit`` of them)
-    into memory."""
+    into memory. ``skip``: bad samples and unreadable shards are logged, counted and skipped."""
     pending = list(zip(dataset.info.shards_of(split), dataset.shard_urls(split), strict=True))
     if not pending:
         raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
     storage = getattr(dataset, "storage", None)
-    rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+    rows: list[Row] = []
+    skipped = Skipped()
     seen = 0
     while pending and (limit is None or len(rows) < limit):
         # shards for the samples still wanted, scaled by the share ``select`` accepted so far
@@ -105,17 +129,21 @@ def read_split(
             urls.append(url)
             counted += entry.num_samples
         seen += counted
-        reader = _SplitReader(urls, size, select, storage)
+        reader = _SplitReader(urls, size, select, storage, skip)
         loader = torch.utils.data.DataLoader(
             reader, batch_size=None, num_workers=min(workers, len(urls))
         )
-        rows += list(loader)
+        for item in loader:
+            if isinstance(item, Skipped):
+                skipped += item
+            else:
+                rows.append(item)
     rows = sorted(rows, key=lambda r: r[0])[:limit]
     if not rows:
         raise DatakitError(f"{dataset.url}: no samples selected from split {split!r}")
     images = torch.stack([torch.as_tensor(np.asarray(r[1])).permute(2, 0, 1) for r in rows])
     labels = torch.stack([torch.as_tensor(np.asarray(r[2])) for r in rows])
-    return LabeledImages(images.contiguous(), labels, [str(r[0]) for r in rows])
+    return LabeledImages(images.contiguous(), labels, [str(r[0]) for r in rows], skipped)
 
 
 def normalise(images: Tensor) -> Tensor:

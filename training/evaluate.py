@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from datakit import skips
 from datakit.errors import DatakitError, UsageError
 from datakit.urls import check_writable, redact
 from training.config import coerce
@@ -80,6 +81,7 @@ class EvalConfig:
     # backbone's running statistics are the initial 0/1, not its activations').
     recalibrate_bn: bool = False
     workers: int = 0  # decoding processes while reading the splits
+    on_error: str = "fail"  # fail | skip: a bad sample or unreadable shard stops, or is skipped
     device: str = "auto"
     seed: int = 0
 
@@ -92,6 +94,8 @@ def validate(cfg: EvalConfig) -> None:
         raise UsageError(
             f"levels must be a non-empty subset of {', '.join(LEVELS)}, got {cfg.levels}"
         )
+    if cfg.on_error not in ("fail", "skip"):
+        raise UsageError(f"on_error {cfg.on_error!r} is not one of fail, skip")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"device {cfg.device!r} is not one of auto, cpu, cuda")
     if cfg.image_size < 32 or cfg.batch_size < 1 or (cfg.epochs is not None and cfg.epochs < 1):
@@ -266,7 +270,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         )
     named = cfg.eval_split or DEFAULT_EVAL_SPLIT
     holdout = named not in ds.info.splits
-    taken = ds.take(1, cfg.train_split)
+    skip = cfg.on_error == "skip"
+    taken = _first_sample(ds, cfg.train_split, skip)
     if not taken:  # every shard of the split skipped as unreadable (--on-shard-error skip)
         raise DatakitError(f"{redact(cfg.data)}: no readable sample in split {cfg.train_split!r}")
     first = taken[0]
@@ -281,11 +286,18 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     eval_split = cfg.train_split if holdout else named
     eval_name = f"{cfg.train_split}[held out {cfg.holdout:.0%}]" if holdout else named
     train = read_split(
-        ds, cfg.train_split, size, select=keep_train, limit=cfg.max_train, workers=cfg.workers
+        ds,
+        cfg.train_split,
+        size,
+        select=keep_train,
+        limit=cfg.max_train,
+        workers=cfg.workers,
+        skip=skip,
     )
     test = read_split(
-        ds, eval_split, size, select=keep_eval, limit=cfg.max_eval, workers=cfg.workers
+        ds, eval_split, size, select=keep_eval, limit=cfg.max_eval, workers=cfg.workers, skip=skip
     )
+    skipped = train.skipped + test.skipped
     unknown = 0
     for part in (train, test):
         bad = (part.labels != ignore) & ((part.labels < 0) | (part.labels >= num_classes))
@@ -368,6 +380,7 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         "num_eval": len(test),
         "input_size": {"width": size[1], "height": size[0]},
         "unknown_label_pixels": unknown,
+        "skipped": skipped.as_dict(),
         "epochs": epochs,
         "train_loss": [_json_float(v) for v in history],
         "device": str(device),
@@ -380,6 +393,19 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     if cfg.out:
         write_json(cfg.out, result)
     return result
+
+
+def _first_sample(ds: Any, split: str, skip: bool) -> list[Any]:
+    """The split's first sample (a list of one, or empty), for the evaluation size. With ``skip``,
+    bad samples and shards are passed over quietly: the splits' reads report them."""
+    if not skip:
+        return list(ds.take(1, split))
+    from datakit.reader import pipeline
+
+    with skips.unreported():
+        for s in pipeline(ds.shard_urls(split), storage=ds.storage, handler=skips.skip_handler):
+            return [s]
+    return []
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from datakit.errors import DatakitError, UsageError
+from datakit.skips import Skipped
 from training import checkpoint
 from training.config import TrainConfig, dump_yaml, resolve
 from training.data import BatchStream, split_size
@@ -60,6 +61,7 @@ class TrainResult:
     loss: float
     checkpoint: Path
     finished_before: bool = False  # a --resume of a run already at its last step: nothing trained
+    skipped: Skipped = Skipped()  # shards and samples skipped over the run (all ranks, resumes)
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
@@ -125,6 +127,14 @@ def _mean_across_ranks(values: dict[str, Tensor], rt: Runtime) -> dict[str, floa
         dist.all_reduce(t)
         t = t / rt.world
     return dict(zip(names, t.tolist(), strict=True))
+
+
+def _sum_across_ranks(skipped: Skipped, rt: Runtime) -> Skipped:
+    if not rt.distributed:
+        return skipped
+    t = torch.tensor([skipped.shards, skipped.samples], dtype=torch.int64, device=rt.device)
+    dist.all_reduce(t)
+    return Skipped(*(int(v) for v in t.tolist()))
 
 
 # depth units in which a difference is no distance: the depth filter's ``abs`` mode refuses them
@@ -347,8 +357,10 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     _write_config(cfg, rt)
     per_rank = cfg.batch_size // (rt.world * cfg.accum_steps)
     start, position = 0, {"epoch": 0, "batch": 0}
+    skipped_before = Skipped()  # skips up to the checkpoint a resumed run starts from
     if state is not None:
         start = int(state["step"])
+        skipped_before = Skipped(**state.get("skipped", {}))  # absent before it was counted
         checkpoint.set_rng_state(state["rng"])
         saved, ranks = state["config"], len(state["data"])
         saved_per_rank = saved["batch_size"] // (ranks * saved.get("accum_steps", 1))
@@ -374,7 +386,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
         start_step=start,
         total_steps=cfg.steps,
     )
-    last_loss = float("nan")
+    last_loss, skipped = float("nan"), skipped_before
     t_log, wait, steps_since = time.perf_counter(), 0.0, 0
     try:
         for step in range(start, cfg.steps):
@@ -391,6 +403,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                     data_wait=min(wait / elapsed, 1.0),
                     epoch=float(stream.position["epoch"]),
                 )
+                skipped = skipped_before + _sum_across_ranks(stream.skipped, rt)
+                values.update(skipped_shards=skipped.shards, skipped_samples=skipped.samples)
                 last_loss = values["loss"]
                 log.log(done, values)
                 if not math.isfinite(last_loss):
@@ -401,15 +415,22 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                     )
                 t_log, wait, steps_since = time.perf_counter(), 0.0, 0
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                _save(ckpt_path, cfg, stepper, done, stream, rt)
+                saved = skipped_before + _sum_across_ranks(stream.skipped, rt)
+                _save(ckpt_path, cfg, stepper, done, stream, rt, saved)
     finally:
         stream.close()
         log.close()
-    return TrainResult(Path(cfg.out), cfg.steps, last_loss, ckpt_path)
+    return TrainResult(Path(cfg.out), cfg.steps, last_loss, ckpt_path, skipped=skipped)
 
 
 def _save(
-    path: Path, cfg: TrainConfig, stepper: Stepper, step: int, stream: BatchStream, rt: Runtime
+    path: Path,
+    cfg: TrainConfig,
+    stepper: Stepper,
+    step: int,
+    stream: BatchStream,
+    rt: Runtime,
+    skipped: Skipped,
 ) -> None:
     params = [p.detach() for p in stepper.method.parameters()]
     if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):  # every rank
@@ -422,5 +443,7 @@ def _save(
         positions = [None] * rt.world
         dist.all_gather_object(positions, stream.position)
     if rt.main:
-        state = checkpoint.build_state(cfg, stepper.method, stepper.optimizer, step, positions)
+        state = checkpoint.build_state(
+            cfg, stepper.method, stepper.optimizer, step, positions, skipped=skipped.as_dict()
+        )
         checkpoint.save(path, state)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from datakit.errors import UsageError
+from datakit.skips import Skipped
 from datakit.urls import check_writable
 
 
@@ -47,6 +48,13 @@ from datakit.urls import check_writable
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default=None,
+    help="A bad sample or unreadable shard: stop with one line naming it, or log, count and "
+    "skip it [fail].",
+)
 @click.option("--multiscale/--no-multiscale", default=None, help="Loss on C3, C4, C5 [off].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [off].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms.")
@@ -87,8 +95,10 @@ def train(
             f"{cfg.steps}; nothing to train (raise --steps to train on)"
         )
     else:
+        skipped = f"; {result.skipped.summary()}" if result.skipped else ""
         click.echo(
-            f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> {result.checkpoint}"
+            f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> "
+            f"{result.checkpoint}{skipped}"
         )
 
 
@@ -160,6 +170,13 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
 @click.option("--max-train", type=click.IntRange(min=1), default=None, help="[all]")
 @click.option("--max-eval", type=click.IntRange(min=1), default=None, help="[all]")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [0].")
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default=None,
+    help="A bad sample or unreadable shard: stop with one line naming it, or log, count and "
+    "skip it [fail].",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
 @click.option("--seed", type=int, default=None, help="[0]")
 def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> None:
@@ -181,7 +198,8 @@ def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> No
     for name, iou in zip(r["classes"], r["per_class_iou"]):
         click.echo(f"  {name:<16} {'  n/a' if iou is None else f'{100 * iou:5.1f}'}")
     miou = "n/a" if r["miou"] is None else f"{100 * r['miou']:.1f}"
+    skipped = Skipped(**r["skipped"])
     click.echo(
         f"  {'mIoU':<16} {miou:>5}   pixel accuracy {100 * (r['pixel_accuracy'] or 0):.1f}  "
-        f"-> {cfg.out}"
+        f"-> {cfg.out}{f'; {skipped.summary()}' if skipped else ''}"
     )
