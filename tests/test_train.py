@@ -433,10 +433,11 @@ finally:
 """
 
 
-def test_torchrun_two_ranks_read_disjoint_shards(synthetic_dataset: Path, tmp_path: Path) -> None:
+def torchrun_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``datakit train ARGS`` on 2 CPU ranks under torchrun, each rank writing the shards it read
+    to tmp_path/rankR.json."""
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    run = tmp_path / "run"
     env = {
         **os.environ,
         "TRACE_DIR": str(tmp_path),
@@ -445,10 +446,16 @@ def test_torchrun_two_ranks_read_disjoint_shards(synthetic_dataset: Path, tmp_pa
     }
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), "train", "--data", str(synthetic_dataset), "--out", str(run), "--steps", "5",
-        "--device", "cpu", *FAST, "--set", "log_every=1",
+        str(script), "train", *args, "--device", "cpu", *FAST, "--set", "log_every=1",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_two_ranks_read_disjoint_shards(synthetic_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = torchrun_train(
+        tmp_path, "--data", str(synthetic_dataset), "--out", str(run), "--steps", "5"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shards = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
     assert shards[0] and shards[1] and not shards[0] & shards[1]
@@ -579,21 +586,11 @@ def test_torchrun_sums_the_skips_of_both_ranks(synthetic_dataset: Path, tmp_path
     from tests.conftest import with_bad_units
 
     shard = with_bad_units(synthetic_dataset, tmp_path / "bad")
-    script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "TRACE_DIR": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), "train", "--data", str(tmp_path / "bad"), "--out", str(run), "--steps", "3",
-        "--device", "cpu", *FAST, "--seed", "0", "--on-error", "skip", "--set", "log_every=1",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_train(
+        tmp_path, "--data", str(tmp_path / "bad"), "--out", str(run), "--steps", "3",
+        "--seed", "0", "--on-error", "skip",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert str(shard) in json.loads((tmp_path / "rank1.json").read_text())
     last = records(run)[-1]

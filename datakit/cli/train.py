@@ -14,6 +14,15 @@ from datakit.errors import UsageError
 from datakit.skips import Skipped
 from datakit.urls import check_writable
 
+# train and eval read data the same way, so they skip it the same way
+ON_ERROR = click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default=None,
+    help="A bad sample or unreadable shard: stop with one line naming it, or log, count and "
+    "skip it [fail].",
+)
+
 
 @click.command()
 @click.option("--data", default=None, help="Dataset folder or URL (a resumed run remembers it).")
@@ -48,13 +57,7 @@ from datakit.urls import check_writable
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
-@click.option(
-    "--on-error",
-    type=click.Choice(["fail", "skip"]),
-    default=None,
-    help="A bad sample or unreadable shard: stop with one line naming it, or log, count and "
-    "skip it [fail].",
-)
+@ON_ERROR
 @click.option("--multiscale/--no-multiscale", default=None, help="Loss on C3, C4, C5 [off].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [off].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms.")
@@ -170,13 +173,7 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
 @click.option("--max-train", type=click.IntRange(min=1), default=None, help="[all]")
 @click.option("--max-eval", type=click.IntRange(min=1), default=None, help="[all]")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [0].")
-@click.option(
-    "--on-error",
-    type=click.Choice(["fail", "skip"]),
-    default=None,
-    help="A bad sample or unreadable shard: stop with one line naming it, or log, count and "
-    "skip it [fail].",
-)
+@ON_ERROR
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
 @click.option("--seed", type=int, default=None, help="[0]")
 def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> None:
