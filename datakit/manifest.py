@@ -20,6 +20,7 @@ INFO_NAME = "_info.json"
 ERRORS_NAME = "errors.jsonl"
 PROGRESS_NAME = "_progress.json"
 PARTS_DIR = "_parts"
+KEYS_DIR = "_keys"  # one key list per completed shard while a conversion runs (see keys_name)
 SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?:p(?P<part>\d{3})-)?(?P<index>\d{6})\.tar$")
 
 
@@ -28,6 +29,12 @@ def shard_name(split: str, index: int, part: int | None = None) -> str:
     if part is None:
         return f"{split}-{index:06d}.tar"
     return f"{split}-p{part:03d}-{index:06d}.tar"
+
+
+def keys_name(shard: str) -> str:
+    """``_keys/{shard minus .tar}.txt``: the keys of a completed shard, one a line, kept until the
+    conversion completes so that ``--resume`` knows them without reading the shard."""
+    return f"{KEYS_DIR}/{shard.removesuffix('.tar')}.txt"
 
 
 def errors_name(part: int | None) -> str:

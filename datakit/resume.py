@@ -1,22 +1,35 @@
 """Resume and output-state checks for the writer: what OUT holds, what may be deleted, where to go on.
 
-After each completed shard the writer records it in ``_progress.json`` (``_progress.pNNN.json`` for a
-part) with the position of the converter's stream right after it, so ``--resume`` continues there and
+After each completed shard the writer writes its key list (``_keys/NAME.txt``), then records the shard
+in ``_progress.json`` (``_progress.pNNN.json`` for a part) with the position of the converter's stream
+right after it, so ``--resume`` continues there, knows the kept shards' keys without reading them, and
 yields the same dataset as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from datakit.errors import DatakitError, UsageError
-from datakit.manifest import ERRORS_NAME, INFO_NAME, PARTS_DIR, SHARD_NAME, errors_name
-from datakit.storage import Location
+from datakit.manifest import (
+    ERRORS_NAME,
+    INFO_NAME,
+    KEYS_DIR,
+    PARTS_DIR,
+    SHARD_NAME,
+    errors_name,
+)
+from datakit.storage import Location, StorageError
 
 if TYPE_CHECKING:
     from datakit.writer import ConvertConfig
+
+log = logging.getLogger(__name__)
+KEY_LIST_READERS = 16  # concurrent GETs of small key lists on a remote resume
 
 
 @dataclass
@@ -24,7 +37,8 @@ class Progress:
     """State after the last completed shard; written as ``_progress.json`` (or per part)."""
 
     args: dict[str, Any]
-    shards: list[dict[str, Any]] = field(default_factory=list)  # ShardEntry + end + depth + errors
+    # ShardEntry + end + depth + errors + keys (the key list's name; absent before datakit had them)
+    shards: list[dict[str, Any]] = field(default_factory=list)
     next_index: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -44,7 +58,7 @@ def _ours(name: str) -> bool:
     return bool(
         SHARD_NAME.match(name)
         or (name.startswith(".") and name.endswith(".tmp"))
-        or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR)
+        or name in (INFO_NAME, ERRORS_NAME, PARTS_DIR, KEYS_DIR)
         or (name.startswith("_progress") and name.endswith(".json"))
         or (name.startswith("errors.p") and name.endswith(".jsonl"))
     )
@@ -76,6 +90,8 @@ def prepare_output(
         for name in names:
             if mine(name):
                 loc.delete(name)
+        if part_prefix is not None and KEYS_DIR in names:
+            remove_key_lists(loc, cfg.part)
         if part_prefix is not None and complete:
             loc.delete(final_name)
         return Progress(args=args)
@@ -90,7 +106,7 @@ def prepare_output(
                 f"{loc.path(final_name)} exists: {loc.display} already holds a complete dataset; "
                 "pass --overwrite to replace it or --resume to keep it"
             )
-        leftovers = [n for n in names if mine(n) and n != PARTS_DIR]
+        leftovers = [n for n in names if mine(n) and n not in (PARTS_DIR, KEYS_DIR)]
         if leftovers:
             raise UsageError(
                 f"{loc.display} holds an unfinished conversion ({leftovers[0]} ...); "
@@ -104,6 +120,8 @@ def prepare_output(
             raise UsageError(
                 f"{loc.display} was converted with other arguments; --overwrite to replace it"
             )
+        if KEYS_DIR in names:  # left by a run stopped right after writing its manifest
+            remove_key_lists(loc, cfg.part)
         return None
     for name in names:  # temporaries of an interrupted run (shards, progress, manifest)
         if (
@@ -116,6 +134,8 @@ def prepare_output(
         stray = [n for n in names if mine(n) and SHARD_NAME.match(n)]
         for n in stray:  # shards of a run that died before its first progress write
             loc.delete(n)
+        if KEYS_DIR in names:
+            remove_key_lists(loc, cfg.part)
         return Progress(args=args)
     raw = json.loads(loc.read_bytes(prog_name))
     if raw.get("args") != args:
@@ -135,3 +155,58 @@ def prepare_output(
         if mine(n) and SHARD_NAME.match(n) and n not in done:
             loc.delete(n)
     return progress
+
+
+def read_kept_keys(loc: Location, progress: Progress) -> dict[str, str]:
+    """The keys of the shards ``progress`` records, each mapped to its shard's name, read from their
+    key lists (never from the shards: on a bucket that would download them all).
+
+    Shards recorded by a datakit without key lists have unknown keys (one warning): a duplicate of
+    one of those is left to ``datakit verify``. Raises :class:`DatakitError` when a recorded key list
+    is missing or does not list its shard's samples.
+    """
+    listed = [s for s in progress.shards if "keys" in s]
+    if len(listed) < len(progress.shards):
+        log.warning(
+            "%s: %d kept shard(s) have no key list (recorded by an older datakit): a duplicate of "
+            "their keys is not caught before datakit verify",
+            loc.display,
+            len(progress.shards) - len(listed),
+        )
+
+    def read(s: dict[str, Any]) -> list[str]:
+        try:
+            keys = loc.read_bytes(s["keys"]).decode().split()
+        except (StorageError, UnicodeDecodeError) as exc:
+            reason = exc.kind if isinstance(exc, StorageError) else "not text"
+            raise DatakitError(
+                f"{loc.path(s['keys'])}: the key list of {s['name']}, recorded as complete, is "
+                f"missing or unreadable ({reason}); rerun with --overwrite"
+            ) from None
+        if len(keys) != s["num_samples"]:
+            raise DatakitError(
+                f"{loc.path(s['keys'])}: lists {len(keys)} keys, {s['name']} holds "
+                f"{s['num_samples']} samples; rerun with --overwrite"
+            )
+        return keys
+
+    if loc.is_local or len(listed) < 2:
+        lists = [read(s) for s in listed]
+    else:
+        with ThreadPoolExecutor(min(KEY_LIST_READERS, len(listed))) as pool:
+            lists = list(pool.map(read, listed))
+    return {k: s["name"] for s, keys in zip(listed, lists, strict=True) for k in keys}
+
+
+def remove_key_lists(loc: Location, part: int | None) -> None:
+    """Delete a run's key lists: all of ``_keys/`` for a whole run; for part ``part`` only its own
+    (other parts may still be running), then ``_keys/`` itself once empty."""
+    if part is None:
+        loc.delete(KEYS_DIR)
+    else:
+        keys_loc = Location(loc.path(KEYS_DIR), config=loc.config, **loc.storage_options)
+        for n in keys_loc.listdir():
+            m = SHARD_NAME.match(n.removesuffix(".txt") + ".tar")
+            if n.endswith(".txt") and m and m.group("part") == f"{part:03d}":
+                keys_loc.delete(n)
+    loc.remove_empty_folder(KEYS_DIR)

@@ -14,6 +14,7 @@ into a URL are taken out of it on entry (:mod:`datakit.urls`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -348,6 +349,23 @@ class Location:
             return
         if self._call("exists", name):
             self._call("rm", name, recursive=True)
+
+    def remove_empty_folder(self, name: str) -> None:
+        """Remove the folder ``name`` when nothing is left in it. In a bucket a folder is only a
+        prefix, but filer-backed stores (SeaweedFS) go on listing an emptied one until its ``name/``
+        marker is deleted too (elsewhere that delete is a no-op)."""
+        if self.is_local:
+            with contextlib.suppress(OSError):  # not empty, or not there
+                os.rmdir(self.path(name))
+            return
+        target = self._remote(name)
+        try:
+            left = [p for p in self._call("ls", name, detail=False) if p.rstrip("/") != target]
+            if not left:
+                retry(lambda: self.fs.rm_file(target + "/"), self.path(name), self.config)
+        except StorageError as exc:
+            if exc.kind != "missing":
+                raise
 
     def scratch_dir(self) -> str:
         """A folder for files being written: inside the dataset locally (same filesystem, so the

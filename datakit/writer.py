@@ -7,8 +7,9 @@ It alone deals with tar files, shard sizes, worker processes, resume, parts, err
   ``--workers``; the same input and arguments give byte-identical shards and manifest;
 - atomic outputs: a shard is written under a temporary name and renamed (or uploaded) when complete;
   ``_info.json`` is written last;
-- resumable: after each shard, ``_progress.json`` records the shards done and where the stream stood,
-  so ``--resume`` continues from there and yields the same dataset as an uninterrupted run.
+- resumable: after each shard, its key list goes to ``_keys/`` and ``_progress.json`` records the
+  shards done and where the stream stood, so ``--resume`` continues from there, refuses a key already
+  in a kept shard, and yields the same dataset as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,10 +36,17 @@ from datakit.manifest import (
     build_info,
     dumps,
     errors_name,
+    keys_name,
     part_manifest_name,
     shard_name,
 )
-from datakit.resume import Progress, prepare_output, progress_name
+from datakit.resume import (
+    Progress,
+    prepare_output,
+    progress_name,
+    read_kept_keys,
+    remove_key_lists,
+)
 from datakit.storage import Location, redact_args
 from datakit.urls import check_writable
 
@@ -295,7 +303,11 @@ class ShardFile:
         except BaseException:
             self.abort()
             raise
-        self.num_samples = 0
+        self.keys: list[str] = []
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.keys)
 
     def add(self, item: Encoded) -> None:
         for ext, data in item.members.items():
@@ -306,7 +318,7 @@ class ShardFile:
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
             self._tar.addfile(ti, io.BytesIO(data))
-        self.num_samples += 1
+        self.keys.append(item.key)
 
     @property
     def bytes_written(self) -> int:
@@ -378,7 +390,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     shard: ShardFile | None = None
     shard_split = ""
     shard_depth = DepthStats()
-    seen_keys: set[str] = set()
+    seen_keys = read_kept_keys(loc, progress)  # key -> the shard that holds it
 
     def close_shard(end: tuple[int, int]) -> None:
         nonlocal shard, shard_depth, stats
@@ -386,6 +398,10 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
             return
         nbytes, sha = shard.finish()
         loc.put_file(shard.tmp_path, shard.name)
+        # before the progress write that records the shard: progress never names a shard whose
+        # key list is missing
+        keys = keys_name(shard.name)
+        loc.write_bytes(keys, "".join(k + "\n" for k in shard.keys).encode())
         entry = ShardEntry(shard.name, shard_split, shard.num_samples, nbytes, sha)
         progress.shards.append(
             {
@@ -393,6 +409,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                 "end": list(end),
                 "depth": shard_depth.to_json(),
                 "errors": list(pending_errors),
+                "keys": keys,
             }
         )
         progress.next_index[shard_split] = progress.next_index.get(shard_split, 0) + 1
@@ -419,8 +436,9 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                         bar.write(f"skipped {item.source}: {item.reason}")
                     continue
                 if item.key in seen_keys:
-                    raise SampleError(f"duplicate sample key {item.key!r}")
-                seen_keys.add(item.key)
+                    raise SampleError(
+                        f"duplicate sample key {item.key!r} (also in {seen_keys[item.key]})"
+                    )
                 if shard is not None and (
                     item.split != shard_split
                     or shard.num_samples >= cfg.shard_size
@@ -432,6 +450,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                     index = progress.next_index.get(shard_split, 0)
                     shard = ShardFile(scratch, shard_name(shard_split, index, cfg.part))
                 shard.add(item)
+                seen_keys[item.key] = shard.name
                 shard_depth = shard_depth.merge(item.depth)
                 n_samples += 1
             for src, n in shown.items():
@@ -491,6 +510,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     )
     loc.write_bytes(final_name, dumps(info))
     loc.delete(prog_name)
+    remove_key_lists(loc, cfg.part)
     return ConvertResult(
         loc.display, n_samples, entries, len(errors), time.perf_counter() - t0, loc.path(final_name)
     )

@@ -285,6 +285,42 @@ def test_resume_against_the_bucket(aws, datasets):
     assert json.loads(loc.read_bytes("_info.json"))["shards"] == local["shards"]
 
 
+def test_resume_against_the_bucket_refuses_a_key_of_a_kept_shard(aws):
+    """The kept shards' keys come from the small ``_keys/`` objects, not from downloading shards."""
+    from converters.synthetic import SyntheticConfig, SyntheticConverter
+    from datakit.errors import SampleError
+    from datakit.writer import ConvertConfig, convert
+
+    class Crashing(SyntheticConverter):
+        def convert(self, unit):  # type: ignore[no-untyped-def]
+            if unit.payload[0] >= 8:
+                raise RuntimeError("simulated crash")
+            yield from super().convert(unit)
+
+    class Repeating(SyntheticConverter):
+        def convert(self, unit):  # type: ignore[no-untyped-def]
+            for s in super().convert(unit):
+                if s.key == "train_000009":
+                    s.key = "train_000002"
+                yield s
+
+    cfg = SyntheticConfig(num=16, size=(32, 24))
+    url = f"s3://{aws.bucket}/dup-resumed"
+    with pytest.raises(RuntimeError):
+        convert(Crashing(cfg), url, ConvertConfig(shard_size=4, progress=False))
+    loc = Location(url)
+    assert loc.read_bytes("_keys/train-000000.txt").split() == [
+        f"train_{i:06d}".encode() for i in range(4)
+    ]
+    resume = ConvertConfig(shard_size=4, progress=False, mode="resume")
+    with pytest.raises(SampleError) as err:
+        convert(Repeating(cfg), url, resume)
+    assert str(err.value) == "duplicate sample key 'train_000002' (also in train-000000.tar)"
+    convert(SyntheticConverter(cfg), url, resume)
+    assert loc.exists("_info.json")
+    assert not [n for n in loc.listdir() if n.startswith(("_keys", "_progress"))]
+
+
 def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
     if aws.kind == "moto":
         pytest.skip("moto's server accepts any credentials")

@@ -20,7 +20,7 @@ import pytest
 from converters.base import Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
 from converters.synthetic import SyntheticConfig, SyntheticConverter
 from datakit import open_dataset
-from datakit.errors import DatakitError, SourceError, UsageError
+from datakit.errors import DatakitError, SampleError, SourceError, UsageError
 from datakit.merge import merge
 from datakit.schema import Sample
 from datakit.writer import ConvertConfig, convert
@@ -173,7 +173,7 @@ def test_crash_leaves_no_partial_shard_and_resume_equals_uninterrupted(tmp_path)
         ConvertConfig(shard_size=3, progress=False, mode="resume"),
     )
     assert shard_hashes(out) == shard_hashes(ref)
-    assert not [n for n in os.listdir(out) if n.startswith(("_progress", "."))]
+    assert not [n for n in os.listdir(out) if n.startswith(("_progress", ".", "_keys"))]
 
 
 @pytest.mark.timeout(240)
@@ -303,20 +303,39 @@ class Bad(Converter):
             raise SourceError(f"/data/file{i}.bin", "truncated at byte 12")
         if i == 4:
             yield Skipped(f"/data/file{i}.bin#frame1", "corrupt JPEG")
-        rgb = np.full((4, 4, 3), i, np.uint8)
-        meta = make_meta(
-            source="bad",
-            id=str(i),
-            split="train",
-            width=4,
-            height=4,
-            depth_scale=0.001,
-            depth_unit="m",
-        )
-        yield Sample(f"s{i}", "train", rgb, meta, np.full((4, 4), i, np.uint16))
+        yield small_sample(i)
 
     def info(self) -> SourceInfo:
         return SourceInfo("bad", "m", 0.001, LabelSet("none", ("a",)))
+
+
+def small_sample(i: int, key: str | None = None) -> Sample:
+    """A 4x4 sample whose pixels are ``i``, keyed ``s{i}`` unless ``key`` is given."""
+    rgb = np.full((4, 4, 3), i, np.uint8)
+    meta = make_meta(
+        source="bad", id=str(i), split="train", width=4, height=4, depth_scale=0.001, depth_unit="m"
+    )
+    return Sample(key or f"s{i}", "train", rgb, meta, np.full((4, 4), i, np.uint16))
+
+
+class Rekeyed(Bad):
+    """One sample per unit (``s0``, ``s1``, ...) without Bad's faults; unit ``crash_at`` crashes (a bug,
+    not bad input) and unit ``dup[0]`` yields the key ``dup[1]``."""
+
+    crash_at = -1
+    dup: tuple[int, str] = (-1, "")
+
+    def convert(self, unit: WorkUnit) -> Iterator[Sample | Skipped]:
+        i = unit.payload
+        if i == self.crash_at:
+            raise RuntimeError("simulated crash")
+        yield small_sample(i, self.dup[1] if i == self.dup[0] else None)
+
+
+def rekeyed(n: int, *, crash_at: int = -1, dup: tuple[int, str] = (-1, "")) -> Rekeyed:
+    conv = Rekeyed(BadConfig(n=n))
+    conv.crash_at, conv.dup = crash_at, dup
+    return conv
 
 
 def test_on_error_fail_names_the_file(tmp_path):
@@ -338,7 +357,7 @@ def test_a_failed_run_removes_only_the_empty_out_it_created(tmp_path):
     kept = tmp_path / "kept"  # a completed shard and its progress stay, for --resume
     with pytest.raises(DatakitError, match="truncated"):
         convert(Bad(BadConfig()), str(kept), ConvertConfig(progress=False, shard_size=1))
-    assert sorted(os.listdir(kept)) == ["_progress.json", "train-000000.tar"]
+    assert sorted(os.listdir(kept)) == ["_keys", "_progress.json", "train-000000.tar"]
 
 
 def test_on_error_skip_logs_and_counts(tmp_path):
@@ -401,3 +420,95 @@ def test_a_part_run_never_leaves_a_joined_manifest_over_its_shards(tmp_path):
     with pytest.raises(UsageError, match="already holds a complete dataset"):
         convert_synthetic(whole, num=4, part=0, num_parts=2)
     assert not [n for n in os.listdir(whole) if "-p000-" in n]
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_resume_refuses_a_key_already_in_a_kept_shard(tmp_path, on_error):
+    """The kept shards' keys come from their key lists (``_keys/``), not from re-reading them."""
+    out = tmp_path / "o"
+    cfg = ConvertConfig(progress=False, shard_size=2, on_error=on_error)
+    with pytest.raises(RuntimeError):  # s0 s1 | s2 s3 kept; s4 lost with the open shard
+        convert(rekeyed(8, crash_at=5), str(out), cfg)
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
+    assert (out / "_keys" / "train-000000.txt").read_text() == "s0\ns1\n"
+    progress = json.loads((out / "_progress.json").read_text())
+    assert [s["keys"] for s in progress["shards"]] == [
+        "_keys/train-000000.txt",
+        "_keys/train-000001.txt",
+    ]
+    resume = ConvertConfig(progress=False, shard_size=2, on_error=on_error, mode="resume")
+    with pytest.raises(SampleError) as err:  # a duplicate is a bug, refused under skip too
+        convert(rekeyed(8, dup=(6, "s1")), str(out), resume)
+    assert str(err.value) == "duplicate sample key 's1' (also in train-000000.tar)"
+    assert not (out / "_info.json").exists()
+    # the same source without the duplicate resumes into what one uninterrupted run writes
+    convert(rekeyed(8), str(out), resume)
+    ref = tmp_path / "ref"
+    convert(rekeyed(8), str(ref), ConvertConfig(progress=False, shard_size=2, on_error=on_error))
+    assert shard_hashes(out) == shard_hashes(ref)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ref))  # no _keys/ nor _progress.json left
+
+
+def test_progress_without_key_lists_still_resumes(tmp_path, caplog):
+    """A _progress.json of an older datakit names no key lists: its shards' keys are unknown (a
+    duplicate across the resume point is left to ``datakit verify``), and the resume goes on."""
+    out, ref = tmp_path / "o", tmp_path / "ref"
+    cfg = ConvertConfig(progress=False, shard_size=2)
+    convert(rekeyed(8), str(ref), cfg)
+    with pytest.raises(RuntimeError):
+        convert(rekeyed(8, crash_at=5), str(out), cfg)
+    progress = json.loads((out / "_progress.json").read_text())
+    for s in progress["shards"]:
+        del s["keys"]
+    (out / "_progress.json").write_text(json.dumps(progress))
+    for p in (out / "_keys").iterdir():
+        p.unlink()
+    (out / "_keys").rmdir()
+    with caplog.at_level("WARNING", logger="datakit"):
+        convert(rekeyed(8), str(out), ConvertConfig(progress=False, shard_size=2, mode="resume"))
+    assert "2 kept shard(s) have no key list" in caplog.text
+    assert shard_hashes(out) == shard_hashes(ref)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
+
+
+def test_missing_key_list_of_a_recorded_shard_is_an_error(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError):
+        convert(rekeyed(8, crash_at=5), str(out), ConvertConfig(progress=False, shard_size=2))
+    (out / "_keys" / "train-000001.txt").unlink()
+    with pytest.raises(DatakitError, match=r"train-000001.txt: .*key list.*--overwrite"):
+        convert(rekeyed(8), str(out), ConvertConfig(progress=False, shard_size=2, mode="resume"))
+
+
+def test_parts_keep_and_remove_only_their_own_key_lists(tmp_path):
+    out = tmp_path / "o"
+
+    def part(i: int, conv: Rekeyed, mode: str = "new") -> None:
+        convert(
+            conv,
+            str(out),
+            ConvertConfig(progress=False, shard_size=1, part=i, num_parts=2, mode=mode),
+        )
+
+    def lists() -> list[str]:
+        return sorted(os.listdir(out / "_keys")) if (out / "_keys").exists() else []
+
+    with pytest.raises(RuntimeError):  # part 0 = units 0-3: keeps s0 | s1
+        part(0, rekeyed(8, crash_at=3))
+    with pytest.raises(RuntimeError):  # part 1 = units 4-7: keeps s4
+        part(1, rekeyed(8, crash_at=6))
+    p0 = ["train-p000-000000.txt", "train-p000-000001.txt"]
+    assert lists() == [*p0, "train-p001-000000.txt"]
+    part(1, rekeyed(8), "overwrite")  # starts part 1 again, completes it: part 0's lists stay
+    assert lists() == p0
+    with pytest.raises(
+        SampleError, match=r"^duplicate sample key 's0' \(also in train-p000-000000.tar\)$"
+    ):
+        part(0, rekeyed(8, dup=(3, "s0")), "resume")
+    part(0, rekeyed(8), "resume")
+    assert not (out / "_keys").exists()
+    assert merge(str(out))["splits"]["train"]["num_samples"] == 8
+    assert [s.key for s in open_dataset(str(out))] == [f"s{i}" for i in range(8)]
