@@ -36,7 +36,15 @@ class RangeSource(Protocol):
 
 
 class FsspecSource:
-    """An object in an fsspec filesystem (s3, gs, az, ...): one ranged GET per chunk."""
+    """An object in an fsspec filesystem (gs, az, ...): one ranged GET per chunk.
+
+    Chunks are separate requests, so each checks that it read the object first seen (``fs.info``),
+    not one written over it meanwhile, which would splice two objects into one silently corrupt
+    shard. GCS: every read asks for the first-seen generation (``?generation=``; Google answers
+    404 once it is overwritten) and the generation that answered (``x-goog-generation``) is
+    compared; where no such header comes back (emulators) the object is looked up again after the
+    read. Other schemes compare the ETag looked up after each read. A change is a
+    :class:`StorageError` ``URL: changed while being read (...)``, never retried."""
 
     sequential = False
 
@@ -46,6 +54,7 @@ class FsspecSource:
         self.fs = fs if fs is not None else filesystem(url, config)
         self.path = fs_path(self.fs, url)
         self._info: dict[str, Any] | None = None
+        self._gcs = any(c.__module__.startswith("gcsfs") for c in type(self.fs).__mro__)
 
     def _stat(self) -> dict[str, Any]:
         if self._info is None:
@@ -55,6 +64,17 @@ class FsspecSource:
     def size(self) -> int:
         return int(self._stat()["size"])
 
+    @staticmethod
+    def _tag(info: dict[str, Any]) -> str:
+        return str(
+            info.get("generation")
+            or info.get("ETag")
+            or info.get("etag")
+            or info.get("md5Hash")
+            or info.get("LastModified")
+            or ""
+        )
+
     def identity(self) -> str:
         info = self._stat()
         tag = (
@@ -62,8 +82,45 @@ class FsspecSource:
         )
         return f"{info['size']}:{tag}"
 
+    def _changed(self, tag: str) -> StorageError:
+        what = "generation" if self._gcs else "ETag"
+        return StorageError(f"{self.url}: changed while being read ({what} {tag})")
+
+    def _check_unchanged(self) -> None:
+        """Look the object up again (not from a listing cache): its tag must be the first one."""
+        first = self._tag(self._stat())
+        if not first:
+            return
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(self.path)
+        try:
+            now = self._tag(self.fs.info(self.path))
+        except FileNotFoundError:
+            raise StorageError(f"{self.url}: deleted while being read", "missing") from None
+        if now != first:
+            raise self._changed(now)
+
     def read_range(self, start: int, end: int) -> bytes:
-        return bytes(self.fs.cat_file(self.path, start=start, end=end))
+        if self._gcs and self._stat().get("generation"):
+            return self._read_gcs(start, end)
+        data = bytes(self.fs.cat_file(self.path, start=start, end=end))
+        self._check_unchanged()
+        return data
+
+    def _read_gcs(self, start: int, end: int) -> bytes:
+        generation = str(self._stat()["generation"])
+        url = self.fs.url(self.path, generation=generation)
+        try:
+            headers, data = self.fs.call("GET", url, headers={"Range": f"bytes={start}-{end - 1}"})
+        except FileNotFoundError:  # that generation is gone: overwritten, or deleted
+            self._check_unchanged()
+            raise
+        answered = headers.get("x-goog-generation")
+        if answered is None:  # the server does not say which generation answered
+            self._check_unchanged()
+        elif answered != generation:
+            raise self._changed(answered)
+        return bytes(data)
 
     def close(self) -> None:
         pass

@@ -71,7 +71,7 @@ __all__ = [
 
 # --- filesystems ---------------------------------------------------------------------------------
 
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "STORAGE_EMULATOR_HOST", "AZURE_", "FSSPEC_")
 _FS_CACHE: dict[tuple[str, int, str, str], Any] = {}
 _FS_LOCK = threading.Lock()
 
@@ -110,6 +110,16 @@ def filesystem(url: str, config: StorageConfig | None = None, **storage_options:
             opts["headers"] = {"Authorization": f"Basic {token}"}
     elif creds:
         raise UsageError(f"{redact(url)}: credentials in {protocol}:// URLs are not supported")
+    elif protocol in ("gs", "gcs"):
+        import aiohttp
+
+        opts = {
+            "requests_timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, config.timeout_s), sock_read=config.timeout_s
+            )
+        }
+        if _gcs_emulator(storage_options):
+            opts["token"] = "anon"  # an emulator checks none: no Google credentials sent to it
     opts.update(storage_options)
     # fsspec caches instances by their arguments only: a changed AWS_* variable (other endpoint or
     # credentials) must give a new client, and a forked worker its own.
@@ -125,7 +135,13 @@ def filesystem(url: str, config: StorageConfig | None = None, **storage_options:
         if fs is not None:
             return fs
         try:
-            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **opts)
+            if protocol in ("gs", "gcs"):  # each request once, timeouts: datakit.gcs
+                from datakit.gcs import filesystem_class
+
+                cls = filesystem_class(_gcs_emulator(storage_options))
+                fs = cls(skip_instance_cache=True, **opts)
+            else:
+                fs = fsspec.filesystem(protocol, skip_instance_cache=True, **opts)
         except (ImportError, ValueError) as exc:
             hint = " (pip install gcsfs)" if protocol in ("gs", "gcs") else ""
             raise StorageError(
@@ -135,6 +151,13 @@ def filesystem(url: str, config: StorageConfig | None = None, **storage_options:
             fs.retries = 1  # s3fs/gcsfs inner retry loops: ours is the only one
         _FS_CACHE[key] = fs
     return fs
+
+
+def _gcs_emulator(storage_options: dict[str, Any]) -> bool:
+    """gs:// goes to an emulator: ``STORAGE_EMULATOR_HOST`` (read by gcsfs) or an ``endpoint_url``."""
+    if storage_options.get("endpoint_url"):
+        return True
+    return os.environ.get("STORAGE_EMULATOR_HOST", "") not in ("", "default")
 
 
 def s3_client(url: str, config: StorageConfig | None = None) -> Any:

@@ -117,6 +117,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
 
 @pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real GCS JSON-API endpoint for the whole session on 127.0.0.1 (``gcp-storage-emulator``, its
+    own process, in memory): ``.endpoint``, ``.env()`` (``STORAGE_EMULATOR_HOST`` for monkeypatch),
+    ``.bucket`` (fresh, shared), ``.new_bucket()``. Skips where gcsfs or the emulator is not
+    installed (``pip install -e '.[dev]'``). See tests/gcsserver.py."""
+    from tests.gcsserver import emulator_available, start_gcs
+
+    if not emulator_available():
+        pytest.skip("gcsfs and gcp-storage-emulator are not installed (pip install -e '.[dev]')")
+    server = start_gcs(tmp_path_factory.mktemp("gcsserver"))
+    server.bucket = server.new_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def http_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``http.server`` on 127.0.0.1 in a thread: yields (base URL, served folder); put files in it."""
     from tests.s3server import http_server as serve
