@@ -100,8 +100,9 @@ def _decode_for_views(
 class _Batches:
     """Worker stage: view pairs -> collated batches, each carrying under SKIPPED_KEY the skips
     (:mod:`datakit.skips`) made since the previous one. A full batch waits for the next sample (or
-    the end of the stream), so that the skips after a worker's last batch come with it; they come
-    alone only from a worker that makes no batch."""
+    the end of the stream), so that the skips after a worker's last full batch come with it; they
+    come alone from a worker that makes no batch, or one whose last full batch was yielded before a
+    partial one that ``drop_last`` drops."""
 
     def __init__(self, size: int, collate: _Collate, partial: bool) -> None:
         self.size, self.collate, self.partial = size, collate, partial

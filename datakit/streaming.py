@@ -81,7 +81,13 @@ class ShardStream(io.RawIOBase):
             # reopen the source after close() dropped its body, and nothing would close it again.
             if self._closing:
                 raise StorageError(f"{self.where}: closed while reading")
-            data = self.source.read_range(start, end)
+            try:
+                data = self.source.read_range(start, end)
+            finally:
+                # closed while this request was in flight: close() may have run before the source
+                # held the new body, so close the source again
+                if self._closing:
+                    self.source.close()
             if len(data) != end - start:
                 raise TruncatedRead(f"got {len(data)} of {end - start} bytes at offset {start}")
             return data

@@ -944,3 +944,39 @@ def test_a_closed_stream_sends_no_more_requests(monkeypatch: pytest.MonkeyPatch)
     stream.close()  # during the first fetch's backoff
     time.sleep(0.5)  # a retry, if one were sent, comes at once
     assert src.after_close == 0 and src.calls == 1
+
+
+def test_a_request_in_flight_when_the_stream_closes_leaves_no_body_open() -> None:
+    """close() while a chunk's request is still waiting for its answer: the body that answer opens
+    in the source (kept there for the next range) must be closed too, not left open."""
+    import threading
+
+    class Slow:
+        url, sequential = "http://127.0.0.1:9/slow.tar", True
+
+        def __init__(self) -> None:
+            self.body_open = False
+            self.asked, self.answer = threading.Event(), threading.Event()
+
+        def size(self) -> int:
+            return 4096
+
+        def identity(self) -> str:
+            return "4096:x"
+
+        def read_range(self, start: int, end: int) -> bytes:
+            self.asked.set()
+            self.answer.wait(5)  # the request is in flight
+            self.body_open = True  # as StreamSource: the streaming body stays open for more
+            return b"\0" * (end - start)
+
+        def close(self) -> None:
+            self.body_open = False
+
+    src = Slow()
+    stream = ShardStream(src, StorageConfig(chunk_bytes=4096))  # type: ignore[arg-type]
+    assert src.asked.wait(5)
+    stream.close()  # the request has not been answered yet
+    src.answer.set()
+    stream._pool.shutdown(wait=True)  # the fetch has returned
+    assert not src.body_open
