@@ -205,8 +205,12 @@ def remove_key_lists(loc: Location, part: int | None) -> None:
         loc.delete(KEYS_DIR)
     else:
         keys_loc = Location(loc.path(KEYS_DIR), config=loc.config, **loc.storage_options)
-        for n in keys_loc.listdir():
+
+        def ours(n: str) -> bool:
+            if n.startswith(".") and n.endswith(".tmp"):  # a local write cut short
+                return f"-p{part:03d}-" in n
             m = SHARD_NAME.match(n.removesuffix(".txt") + ".tar")
-            if n.endswith(".txt") and m and m.group("part") == f"{part:03d}":
-                keys_loc.delete(n)
+            return n.endswith(".txt") and m is not None and m.group("part") == f"{part:03d}"
+
+        keys_loc.delete_many([n for n in keys_loc.listdir() if ours(n)])
     loc.remove_empty_folder(KEYS_DIR)

@@ -321,6 +321,16 @@ def test_resume_against_the_bucket_refuses_a_key_of_a_kept_shard(aws):
     assert not [n for n in loc.listdir() if n.startswith(("_keys", "_progress"))]
 
 
+def test_delete_many_removes_the_named_objects_in_one_go(aws):
+    loc = Location(f"s3://{aws.bucket}/many")
+    for n in ("a.txt", "b.txt", "c.txt"):
+        loc.write_bytes(n, n.encode())
+    loc.delete_many(["a.txt", "c.txt", "gone.txt"])  # a name already gone is no error
+    assert loc.listdir() == ["b.txt"]
+    loc.delete_many(["b.txt"])
+    assert not loc.exists("b.txt")
+
+
 def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
     if aws.kind == "moto":
         pytest.skip("moto's server accepts any credentials")
