@@ -49,11 +49,14 @@ class Dataset:
         """Decoded samples of ``split`` (all splits when None), in manifest order."""
         return iter(pipeline(self.shard_urls(split), storage=self.storage))
 
-    def take(self, n: int, split: str | None = None) -> list[DecodedSample]:
-        """The first ``n`` samples, reading only the shards needed for them."""
+    def take(
+        self, n: int, split: str | None = None, *, handler: Handler | None = None
+    ) -> list[DecodedSample]:
+        """The first ``n`` samples, reading only the shards needed for them (``handler``: as
+        :func:`pipeline`'s, e.g. to pass over bad samples)."""
         out: list[DecodedSample] = []
         for url in self.shard_urls(split):
-            for s in pipeline([url], storage=self.storage):
+            for s in pipeline([url], storage=self.storage, handler=handler):
                 out.append(s)
                 if len(out) >= n:
                     return out

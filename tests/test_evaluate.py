@@ -376,6 +376,36 @@ def test_eval_counts_what_it_skipped(synthetic_dataset: Path, tmp_path: Path) ->
     assert r.output.strip().splitlines()[-1].startswith(f"Error: {shard}: "), r.output
 
 
+def test_a_sample_without_label_is_skipped_and_counted_or_one_error_line(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    from tests.conftest import with_bad_member
+
+    shard = with_bad_member(synthetic_dataset, tmp_path / "bad", "train_000001.label.png")
+    with tarfile.open(shard) as tar:  # drop the label member altogether
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, payload in members:
+            if m.name != "train_000001.label.png":
+                tar.addfile(m, io.BytesIO(payload))
+    out = tmp_path / "e.json"
+    args = [
+        "eval", "--data", str(tmp_path / "bad"), "--random-init", "--arch", "resnet18",
+        "--image-size", "32", "--epochs", "1", "--out", str(out),
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [*args, "--on-error", "skip"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["skipped"] == {"shards": 0, "samples": 1} and result["num_train"] == 15
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "strict.json")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = r.output.strip().splitlines()
+    assert lines[-1] == f"Error: {shard}: sample train_000001 has no label member", r.output
+
+
 @pytest.mark.slow
 def test_demo_trains_and_evaluates(tmp_path: Path) -> None:
     out = tmp_path / "demo"

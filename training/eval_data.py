@@ -91,7 +91,11 @@ class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             if not self.select(s.key):
                 continue
             if s.label is None:
-                raise DatakitError(f"{s.url}: sample {s.key} has no label member")
+                if not self.skip:
+                    raise DatakitError(f"{s.url}: sample {s.key} has no label member")
+                skips.skip_sample(f"{s.url}: {s.key}: no label member")
+                yield skips.take()
+                continue
             rgb, label = resize_pair(s.rgb, s.label, (h, w))
             yield s.key, rgb, label
         if got := skips.take():

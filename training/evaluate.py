@@ -400,12 +400,8 @@ def _first_sample(ds: Any, split: str, skip: bool) -> list[Any]:
     bad samples and shards are passed over quietly: the splits' reads report them."""
     if not skip:
         return list(ds.take(1, split))
-    from datakit.reader import pipeline
-
     with skips.unreported():
-        for s in pipeline(ds.shard_urls(split), storage=ds.storage, handler=skips.skip_handler):
-            return [s]
-    return []
+        return list(ds.take(1, split, handler=skips.skip_handler))
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:
