@@ -1,4 +1,5 @@
-"""Read a converted local dataset back, shard by shard, without WebDataset (for converter tests)."""
+"""Helpers of the converter and storage tests: read a converted local dataset back shard by shard
+without WebDataset; check one-line errors; check a remote resume."""
 
 from __future__ import annotations
 
@@ -34,3 +35,32 @@ def assert_one_line_error(res: Any, *names: object, out: Path | None = None) -> 
     if out is not None:
         assert not out.exists(), sorted(p.name for p in out.iterdir())
     return lines[0]
+
+
+def assert_resume_reproduces(url: str, local: Path) -> None:
+    """Convert 24 + 8 synthetic scenes (64x48, 4 a shard) into ``url``, crash after 12, resume:
+    the remote manifest lists the shards of ``local`` (the same conversion done locally)."""
+    import pytest
+
+    from converters.synthetic import SyntheticConfig, SyntheticConverter
+    from datakit.storage import Location
+    from datakit.writer import ConvertConfig, convert
+
+    class Crashing(SyntheticConverter):
+        def convert(self, unit):  # type: ignore[no-untyped-def]
+            if unit.payload[0] >= 12:
+                raise RuntimeError("simulated crash")
+            yield from super().convert(unit)
+
+    cfg = SyntheticConfig(num=24, val=8, size=(64, 48))
+    with pytest.raises(RuntimeError):
+        convert(Crashing(cfg), url, ConvertConfig(shard_size=4, progress=False))
+    loc = Location(url)
+    assert loc.exists("_progress.json") and not loc.exists("_info.json")
+    assert loc.exists("train-000001.tar") and not loc.exists("train-000002.tar")
+    convert(
+        SyntheticConverter(cfg), url, ConvertConfig(shard_size=4, progress=False, mode="resume")
+    )
+    assert not loc.exists("_progress.json")
+    local_info = json.loads((local / "_info.json").read_text())
+    assert json.loads(loc.read_bytes("_info.json"))["shards"] == local_info["shards"]

@@ -98,28 +98,10 @@ def test_train_streams_from_gcs(gcs, gs_datasets, tmp_path, one_torch_thread):
 
 
 def test_resume_against_the_gcs_bucket(gcs, gs_datasets):
-    from converters.synthetic import SyntheticConfig, SyntheticConverter
-    from datakit.writer import ConvertConfig, convert
+    from tests.converted_fixtures import assert_resume_reproduces
 
-    class Crashing(SyntheticConverter):
-        def convert(self, unit):  # type: ignore[no-untyped-def]
-            if unit.payload[0] >= 12:
-                raise RuntimeError("simulated crash")
-            yield from super().convert(unit)
-
-    cfg = SyntheticConfig(num=24, val=8, size=(64, 48))
     url = f"gs://{gcs.bucket}/resumed"
-    with pytest.raises(RuntimeError):
-        convert(Crashing(cfg), url, ConvertConfig(shard_size=4, progress=False))
-    loc = Location(url)
-    assert loc.exists("_progress.json") and not loc.exists("_info.json")
-    assert loc.exists("train-000001.tar") and not loc.exists("train-000002.tar")
-    convert(
-        SyntheticConverter(cfg), url, ConvertConfig(shard_size=4, progress=False, mode="resume")
-    )
-    assert not loc.exists("_progress.json")
-    local = json.loads((gs_datasets[0] / "_info.json").read_text())
-    assert json.loads(loc.read_bytes("_info.json"))["shards"] == local["shards"]
+    assert_resume_reproduces(url, gs_datasets[0])
     assert run("verify", "-q", url).exit_code == 0
 
 

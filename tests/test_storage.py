@@ -261,28 +261,9 @@ def test_convert_into_s3_verify_and_same_samples_as_local(aws, datasets):
 
 
 def test_resume_against_the_bucket(aws, datasets):
-    from converters.synthetic import SyntheticConfig, SyntheticConverter
-    from datakit.writer import ConvertConfig, convert
+    from tests.converted_fixtures import assert_resume_reproduces
 
-    class Crashing(SyntheticConverter):
-        def convert(self, unit):  # type: ignore[no-untyped-def]
-            if unit.payload[0] >= 12:
-                raise RuntimeError("simulated crash")
-            yield from super().convert(unit)
-
-    cfg = SyntheticConfig(num=24, val=8, size=(64, 48))
-    url = f"s3://{aws.bucket}/resumed"
-    with pytest.raises(RuntimeError):
-        convert(Crashing(cfg), url, ConvertConfig(shard_size=4, progress=False))
-    loc = Location(url)
-    assert loc.exists("_progress.json") and not loc.exists("_info.json")
-    assert loc.exists("train-000001.tar") and not loc.exists("train-000002.tar")
-    convert(
-        SyntheticConverter(cfg), url, ConvertConfig(shard_size=4, progress=False, mode="resume")
-    )
-    assert not loc.exists("_progress.json")
-    local = json.loads((datasets[0] / "_info.json").read_text())
-    assert json.loads(loc.read_bytes("_info.json"))["shards"] == local["shards"]
+    assert_resume_reproduces(f"s3://{aws.bucket}/resumed", datasets[0])
 
 
 def test_resume_against_the_bucket_refuses_a_key_of_a_kept_shard(aws):
