@@ -7,6 +7,7 @@ layout timm's WebDataset reader reads; the rest is ours.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -152,7 +153,17 @@ def read_info(location: Location) -> DatasetInfo:
     except StorageError as exc:
         if location.is_local and not location.exists(""):
             raise DatasetIncomplete(f"{location.display}: no such dataset folder") from None
-        if "not found" in str(exc) or "No such file" in str(exc):
+        if location.is_local and os.path.isfile(location.url):
+            raise DatasetIncomplete(
+                f"{location.display}: a file, not a dataset folder "
+                f"(pass the folder that holds {INFO_NAME})"
+            ) from None
+        missing = "not found" in str(exc) or "No such file" in str(exc)
+        if missing and not location.is_local and _nothing_under(location):
+            raise DatasetIncomplete(
+                f"{location.display}: no such dataset (nothing stored under this URL)"
+            ) from None
+        if missing:
             raise DatasetIncomplete(
                 f"{location.display}: no {INFO_NAME}: the dataset is incomplete "
                 "(conversion unfinished or interrupted; rerun it with --resume) or not a datakit dataset"
@@ -165,6 +176,18 @@ def read_info(location: Location) -> DatasetInfo:
     if not isinstance(raw, dict) or "shards" not in raw:
         raise DatakitError(f"{location.path(INFO_NAME)}: not a datakit manifest (no shard list)")
     return DatasetInfo(raw, where=location.display + "/")
+
+
+def _nothing_under(location: Location) -> bool:
+    """True when a bucket URL holds no object at all under its prefix (a typo, not an unfinished
+    conversion); only asked after ``_info.json`` was not found, and never over http(s), which
+    cannot be listed."""
+    if location.url.startswith(("http://", "https://")):
+        return False
+    try:
+        return not location.exists("")
+    except StorageError:
+        return False
 
 
 def splits_of(shards: Iterable[ShardEntry]) -> dict[str, dict[str, Any]]:

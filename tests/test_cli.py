@@ -169,6 +169,15 @@ def test_missing_manifest_means_incomplete_everywhere(ds64, tmp_path):
         open_dataset(str(bad))
 
 
+def test_a_file_given_as_dataset_names_the_folder_to_pass(ds64):
+    for path in (ds64 / "_info.json", ds64 / "train-000000.tar"):
+        res = CliRunner().invoke(main, ["info", str(path)])
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert res.output.strip().splitlines() == [
+            f"Error: {path}: a file, not a dataset folder (pass the folder that holds _info.json)"
+        ]
+
+
 def test_eval_refuses_a_non_positive_lr(ds64, tmp_path):
     res = CliRunner().invoke(
         main,

@@ -201,6 +201,20 @@ def test_an_eval_config_value_of_the_wrong_type_is_one_error_line(
     assert build_config(("c", {"levels": ["c4", "c5"], "holdout": 1 / 4})).levels == ("c4", "c5")
 
 
+def test_credentials_in_the_data_url_are_not_recorded_in_eval_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EVAL.json records the resolved config: its ``data`` must be the clean URL (storage.md)."""
+    import datakit.urls
+    from datakit.urls import url_credentials
+
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})  # what this test registers stays here
+
+    cfg = build_config(("flags", {"data": "s3://KEYID:s3cr3t-value@bucket-cred2/ds", "out": "e"}))
+    assert cfg.data == "s3://bucket-cred2/ds"
+    assert url_credentials(cfg.data) == ("KEYID", "s3cr3t-value")
+
+
 def _cfg(data: Path, **kw: object) -> EvalConfig:
     base: dict[str, object] = dict(
         data=str(data), arch="resnet18", image_size=32, epochs=2, batch_size=8

@@ -330,6 +330,19 @@ def test_wrong_credentials_are_one_clear_line(aws, datasets, monkeypatch):
         assert "Traceback" not in res.output and "wrong-secret-value" not in res.output
 
 
+def test_a_url_with_nothing_under_it_is_no_such_dataset(aws, datasets):
+    """A typo in the bucket or prefix is not an interrupted conversion: no advice to --resume."""
+    _, url = datasets
+    for bad in (url.replace("/syn", "/sny"), "s3://no-such-bucket-dk/syn"):
+        res = run("info", bad)
+        assert res.exit_code == 1
+        lines = res.output.strip().splitlines()
+        assert lines == [f"Error: {bad}: no such dataset (nothing stored under this URL)"], lines
+    # a prefix that holds something but no _info.json is still an unfinished conversion
+    res = run("info", url.rsplit("/", 1)[0])
+    assert res.exit_code == 1 and "dataset is incomplete" in res.output and "--resume" in res.output
+
+
 def test_credentials_in_the_url_never_reach_output_or_manifest(aws, monkeypatch):
     import datakit.urls
 

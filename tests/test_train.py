@@ -170,6 +170,26 @@ def test_config_layers_and_errors(synthetic_dataset: Path, tmp_path: Path) -> No
     assert res.exit_code != 0 and "Traceback" not in res.output
 
 
+def test_credentials_in_the_data_url_are_not_written_to_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storage.md: credentials in a URL are taken out of it as soon as it is parsed, so the URLs
+    recorded are clean: config.yaml (and last.pt's config) must not hold them."""
+    import datakit.urls
+    from datakit.urls import url_credentials
+
+    monkeypatch.setattr(datakit.urls, "_CREDENTIALS", {})  # what this test registers stays here
+
+    url = "s3://KEYID:s3cr3t-value@bucket-cred/ds"
+    out = str(tmp_path / "r")
+    for cfg in (
+        from_layers(flags={"data": url, "out": out}),
+        from_layers(flags={"out": out}, overrides=[f"data={url}"]),
+    ):
+        assert cfg.data == "s3://bucket-cred/ds"
+        assert url_credentials(cfg.data) == ("KEYID", "s3cr3t-value")
+
+
 def test_bad_values_are_refused_in_one_line(synthetic_dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r")]

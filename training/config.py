@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from datakit.errors import UsageError
-from datakit.urls import check_writable
+from datakit.urls import check_writable, register_url_credentials
 
 LEVEL_NAMES = ("c3", "c4", "c5")
 
@@ -205,6 +205,8 @@ def build_config(*layers: tuple[str, Mapping[str, Any]]) -> TrainConfig:
     merged: dict[str, Any] = {}
     for where, layer in layers:
         _apply(merged, layer, where)
+    if isinstance(merged.get("data"), str):  # keep user:secret@ out of config.yaml and last.pt
+        merged["data"] = register_url_credentials(merged["data"])
     cfg = TrainConfig(**merged)
     validate(cfg)
     return cfg

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from datakit import skips
 from datakit.errors import DatakitError, UsageError
-from datakit.urls import check_writable, redact
+from datakit.urls import check_writable, redact, register_url_credentials
 from training.config import coerce
 from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
 from training.models import (
@@ -130,6 +130,8 @@ def build_config(*layers: tuple[str, Mapping[str, Any]]) -> EvalConfig:
                     f"config levels: expected c5 or a list like [c3, c4, c5], got {value!r}"
                 )
             merged[name] = tuple(value)
+    if isinstance(merged.get("data"), str):  # keep user:secret@ out of EVAL.json
+        merged["data"] = register_url_credentials(merged["data"])
     try:
         cfg = EvalConfig(**merged)
     except TypeError as exc:
