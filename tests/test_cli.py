@@ -393,3 +393,23 @@ def test_verify_reports_an_rgb_member_that_is_not_8_bit_rgb(tmp_path, kind):
     assert f"FAULT {shard}: {want}" in res.output, res.output
     res = CliRunner().invoke(main, ["verify", "-q", str(ds)])
     assert res.exit_code == 0, res.output
+
+
+def test_ctrl_c_is_one_line_exit_130_with_a_resume_hint_where_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datakit.verify
+    import datakit.writer
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datakit.writer, "convert", interrupted)
+    monkeypatch.setattr(datakit.verify, "verify", interrupted)
+    res = CliRunner().invoke(main, ["convert", "synthetic", str(tmp_path / "out"), "--num", "4"])
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines() == [
+        "Interrupted; the same command with --resume continues"
+    ]
+    res = CliRunner().invoke(main, ["verify", str(tmp_path / "out")])
+    assert res.exit_code == 130 and res.output.strip().splitlines() == ["Interrupted"]

@@ -49,9 +49,18 @@ def _run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
 
 
+RESUMABLE = ("convert", "train")  # commands whose progress survives an interrupt (--resume)
+
+
 class GuardedGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        return _run_guarded(super().invoke, ctx)
+        try:
+            return _run_guarded(super().invoke, ctx)
+        except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT (130)
+            name = ctx.invoked_subcommand
+            hint = "; the same command with --resume continues" if name in RESUMABLE else ""
+            click.echo(f"Interrupted{hint}", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
