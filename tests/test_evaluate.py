@@ -278,6 +278,28 @@ def test_a_named_eval_split_the_dataset_lacks_is_a_usage_error(
     assert not out.exists()
 
 
+def test_the_training_split_is_never_scored_as_its_own_eval_split(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """--train-split val: the default eval split (val) is the training one, so a part of it is held
+    out; naming the same split for both is a usage error."""
+    args = ["eval", "--data", str(synthetic_dataset), "--random-init", "--arch", "resnet18",
+            "--train-split", "val", "--image-size", "32", "--epochs", "1"]  # fmt: skip
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["eval_split"] == "val[held out 20%]" and r["num_train"] + r["num_eval"] == 8
+    assert r["num_eval"] > 0 and r["num_train"] > 0
+    res = CliRunner().invoke(
+        main, [*args, "--eval-split", "val", "--out", str(tmp_path / "x.json")]
+    )
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "--train-split and --eval-split are both 'val'" in lines[0]
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_eval_json_records_the_resolved_config(synthetic_dataset: Path, tmp_path: Path) -> None:
     """A resnet18 checkpoint evaluated with the default --arch: the recorded config names the
     architecture used, the protocol's epochs and lr and the split scored, not the defaults."""

@@ -271,7 +271,13 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
             f"(has {', '.join(ds.info.splits)})"
         )
     named = cfg.eval_split or DEFAULT_EVAL_SPLIT
-    holdout = named not in ds.info.splits
+    if named == cfg.train_split and cfg.eval_split is not None:
+        raise UsageError(
+            f"--train-split and --eval-split are both {named!r}: the probe would be scored on the "
+            "images it was trained on (leave out --eval-split to score a held-out part of it)"
+        )
+    # no other split to score on (or the default one is the training split): hold out a part
+    holdout = named not in ds.info.splits or named == cfg.train_split
     skip = cfg.on_error == "skip"
     taken = _first_sample(ds, cfg.train_split, skip)
     if not taken:  # every shard of the split skipped as unreadable (--on-shard-error skip)
