@@ -413,3 +413,10 @@ def test_ctrl_c_is_one_line_exit_130_with_a_resume_hint_where_there_is_one(
     ]
     res = CliRunner().invoke(main, ["verify", str(tmp_path / "out")])
     assert res.exit_code == 130 and res.output.strip().splitlines() == ["Interrupted"]
+
+
+def test_info_prints_the_depth_scale_to_six_digits() -> None:
+    from datakit.cli.data import _scale
+
+    assert _scale(0.006103608758678569) == "0.00610361"
+    assert _scale(0.001) == "0.001" and _scale(None) == "None"

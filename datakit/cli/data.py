@@ -189,6 +189,12 @@ def merge(out: str) -> None:
 # --- inspect -----------------------------------------------------------------------------------
 
 
+def _scale(value: object) -> str:
+    """A depth code's size for people: 6 significant digits (a ScanNet-style 1/163.84 m would
+    print 0.006103608758678569); the exact value is in _info.json."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -227,7 +233,7 @@ def info(dataset: str, as_json: bool) -> None:
     if d:
         rng = "n/a" if d.get("min") is None else f"{d['min']:.4g} .. {d['max']:.4g} {d['unit']}"
         click.echo(
-            f"depth     {rng}, scale {d.get('scale')} {d['unit']}/code, "
+            f"depth     {rng}, scale {_scale(d.get('scale'))} {d['unit']}/code, "
             f"valid {100 * float(d.get('valid_fraction') or 0):.1f}%"
         )
     else:
