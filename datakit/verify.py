@@ -157,11 +157,12 @@ def verify_shard(
     report.shards += 1
     report.samples += count
     report.bytes += reader.size
+    head = []  # the whole-file faults first; a wrong size (a cut shard) says more than its sha
     if reader.size != entry.bytes:
-        faults.insert(0, f"{where}: size {reader.size} bytes, manifest says {entry.bytes}")
-    digest = reader.sha.hexdigest()
-    if digest != entry.sha256:
-        faults.insert(0, f"{where}: sha256 mismatch (corrupt or modified shard)")
+        head.append(f"{where}: size {reader.size} bytes, manifest says {entry.bytes}")
+    if reader.sha.hexdigest() != entry.sha256:
+        head.append(f"{where}: sha256 mismatch (corrupt or modified shard)")
+    faults[:0] = head
     if count != entry.num_samples:
         faults.append(f"{where}: {count} samples, manifest says {entry.num_samples}")
     return faults

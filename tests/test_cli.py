@@ -104,6 +104,19 @@ def test_verify_ok_then_flipped_byte_is_named(ds64, tmp_path):
     assert "train-000000.tar" not in res.output.replace("checked", "")
 
 
+def test_verify_names_a_cut_shard_by_its_size_first(ds64, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ds64, bad)
+    target = bad / "train-000002.tar"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    res = run("verify", "-q", str(bad))
+    faults = [x for x in res.output.splitlines() if x.startswith(f"FAULT {target}")]
+    assert res.exit_code == 1 and len(faults) >= 2, res.output
+    assert faults[0].startswith(f"FAULT {target}: size {len(data) // 2} bytes, manifest says")
+    assert faults[1] == f"FAULT {target}: sha256 mismatch (corrupt or modified shard)"
+
+
 def test_verify_reports_missing_shard_and_undecodable_sample(ds64, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(ds64, bad)
