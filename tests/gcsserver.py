@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.s3server import free_port
+from tests.s3server import free_port, stop_group
 
 PROJECT = "datakit-test"
 
@@ -62,13 +61,7 @@ class GcsServer:
         return name
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(10)
+        stop_group(self._proc)
 
 
 def start_gcs(data_dir: Path, timeout: float = 30.0) -> GcsServer:

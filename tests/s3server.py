@@ -35,6 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_group(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:
+    """SIGTERM a server started in its own process group, SIGKILL it after ``grace`` seconds."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def weed_binary() -> str | None:
     here = Path(sys.executable).parent / "weed"
     return str(here) if here.exists() else shutil.which("weed")
@@ -90,13 +101,7 @@ class S3Server:
         if self._moto is not None:
             self._moto.stop()
             self._moto = None
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(10)
+        stop_group(self._proc, 15)
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:
