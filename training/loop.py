@@ -393,7 +393,11 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
             stats = stepper(step, lambda: next(stream))
             done, steps_since, wait = step + 1, steps_since + 1, wait + stats.wait
             log.advance()
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            logging = done % cfg.log_every == 0 or done == cfg.steps
+            saving = done % cfg.ckpt_every == 0 or done == cfg.steps
+            if logging or saving:  # one all-reduce, at steps every rank agrees on
+                skipped = skipped_before + _sum_across_ranks(stream.skipped, rt)
+            if logging:
                 values = _mean_across_ranks(stats.sums, rt)
                 elapsed = max(time.perf_counter() - t_log, 1e-9)
                 values.update(
@@ -403,7 +407,6 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                     data_wait=min(wait / elapsed, 1.0),
                     epoch=float(stream.position["epoch"]),
                 )
-                skipped = skipped_before + _sum_across_ranks(stream.skipped, rt)
                 values.update(skipped_shards=skipped.shards, skipped_samples=skipped.samples)
                 last_loss = values["loss"]
                 log.log(done, values)
@@ -414,9 +417,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
                         f"or more warmup_steps"
                     )
                 t_log, wait, steps_since = time.perf_counter(), 0.0, 0
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                saved = skipped_before + _sum_across_ranks(stream.skipped, rt)
-                _save(ckpt_path, cfg, stepper, done, stream, rt, saved)
+            if saving:
+                _save(ckpt_path, cfg, stepper, done, stream, rt, skipped)
     finally:
         stream.close()
         log.close()
