@@ -93,8 +93,7 @@ class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             if s.label is None:
                 if not self.skip:
                     raise DatakitError(f"{s.url}: sample {s.key} has no label member")
-                skips.skip_sample(f"{s.url}: {s.key}: no label member")
-                yield skips.take()
+                skips.skip_sample(f"{s.url}: {s.key}: no label member")  # sent with the next row
                 continue
             rgb, label = resize_pair(s.rgb, s.label, (h, w))
             yield s.key, rgb, label
