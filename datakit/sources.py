@@ -77,10 +77,7 @@ class FsspecSource:
 
     def identity(self) -> str:
         info = self._stat()
-        tag = (
-            info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified")
-        )
-        return f"{info['size']}:{tag}"
+        return f"{info['size']}:{self._tag(info)}"
 
     def _changed(self, tag: str) -> StorageError:
         what = "generation" if self._gcs else "ETag"
