@@ -41,10 +41,13 @@ class Skipped:
     def as_dict(self) -> dict[str, int]:
         return {"shards": self.shards, "samples": self.samples}
 
-    def summary(self) -> str:
-        """``skipped 1 shard, 2 samples (see the log lines above)``."""
+    def suffix(self) -> str:
+        """What a summary line ends with: ``; skipped 1 shard, 2 samples (see the log lines
+        above)``, or nothing when nothing was skipped."""
+        if not self:
+            return ""
         return (
-            f"skipped {_count(self.shards, 'shard')}, {_count(self.samples, 'sample')} "
+            f"; skipped {_count(self.shards, 'shard')}, {_count(self.samples, 'sample')} "
             f"(see the log lines above)"
         )
 

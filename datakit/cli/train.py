@@ -98,10 +98,9 @@ def train(
             f"{cfg.steps}; nothing to train (raise --steps to train on)"
         )
     else:
-        skipped = f"; {result.skipped.summary()}" if result.skipped else ""
         click.echo(
             f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> "
-            f"{result.checkpoint}{skipped}"
+            f"{result.checkpoint}{result.skipped.suffix()}"
         )
 
 
@@ -198,5 +197,5 @@ def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> No
     skipped = Skipped(**r["skipped"])
     click.echo(
         f"  {'mIoU':<16} {miou:>5}   pixel accuracy {100 * (r['pixel_accuracy'] or 0):.1f}  "
-        f"-> {cfg.out}{f'; {skipped.summary()}' if skipped else ''}"
+        f"-> {cfg.out}{skipped.suffix()}"
     )
