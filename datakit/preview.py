@@ -20,7 +20,8 @@ from typing import IO, Any, Literal, Protocol, cast
 
 import numpy as np
 
-from datakit.errors import DatakitError, UsageError, naming_shard
+from datakit import skips
+from datakit.errors import DatakitError, SampleError, UsageError, naming_shard
 from datakit.manifest import DatasetInfo, read_info
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
@@ -65,6 +66,7 @@ class SampleRef:
     shard: str
     offset: int
     index: int
+    shard_bytes: int | None = None  # the shard's size in the manifest: a cut shard is named as one
 
 
 def choose_samples(
@@ -87,7 +89,7 @@ def choose_samples(
     refs = []
     for g in chosen.tolist():
         k = int(np.searchsorted(starts, g, side="right")) - 1
-        refs.append(SampleRef(shards[k].name, g - int(starts[k]), g))
+        refs.append(SampleRef(shards[k].name, g - int(starts[k]), g, shards[k].bytes))
     return refs
 
 
@@ -97,6 +99,7 @@ class ReadStats:
 
     shards_opened: list[str] = field(default_factory=list)
     bytes_read: int = 0
+    shards_skipped: list[str] = field(default_factory=list)  # unreadable, --on-shard-error skip
 
 
 class _CountingStream:
@@ -159,28 +162,67 @@ def read_samples(
     location: Location, refs: list[SampleRef], stats: ReadStats | None = None
 ) -> list[DecodedSample]:
     """Decode the samples ``refs`` name, reading each shard only up to its last chosen offset
-    (:func:`read_shard_samples`).
+    (:func:`read_shard_samples`), in the order of ``refs``.
 
-    Raises :class:`DatakitError` when a shard holds fewer samples than its manifest entry says.
+    Raises :class:`DatakitError` when a shard is unreadable (missing, retries exhausted, broken
+    tar) or holds fewer samples than its manifest entry says; with ``on_shard_error="skip"`` in
+    the location's storage settings such a shard is logged, listed in ``stats.shards_skipped``
+    and its samples left out. A bad sample is never skipped: the preview is there to show it.
     """
     stats = stats if stats is not None else ReadStats()
     by_shard: dict[str, set[int]] = {}
+    expected = {r.shard: r.shard_bytes for r in refs}
     for r in refs:
         by_shard.setdefault(r.shard, set()).add(r.offset)
     found: dict[tuple[str, int], DecodedSample] = {}
     for shard, wanted in by_shard.items():
         stats.shards_opened.append(shard)
         where = location.path(shard)
-        with location.open(shard) as raw:
-            got = read_shard_samples(cast(IO[bytes], _CountingStream(raw, stats)), wanted, where)
-        missing = wanted - set(got)
-        if missing:
-            raise DatakitError(
-                f"{where}: holds fewer samples than _info.json says "
-                f"(no sample at offset {min(missing)})"
-            )
+        try:
+            with location.open(shard) as raw:
+                size = _stream_size(raw)
+                if None not in (size, expected[shard]) and size != expected[shard]:
+                    raise DatakitError(
+                        f"{where}: size {size} bytes, manifest says {expected[shard]} "
+                        f"(cut short or replaced; datakit verify checks every shard)"
+                    )
+                stream = cast(IO[bytes], _CountingStream(raw, stats))
+                got = read_shard_samples(stream, wanted, where)
+            if missing := wanted - set(got):
+                raise DatakitError(
+                    f"{where}: holds fewer samples than _info.json says "
+                    f"(no sample at offset {min(missing)})"
+                )
+        except (DatakitError, OSError, EOFError) as exc:
+            if isinstance(exc, SampleError | UsageError):
+                raise
+            err = exc if isinstance(exc, DatakitError) else DatakitError(f"{where}: {_why(exc)}")
+            if location.config.on_shard_error != "skip":
+                raise err from None
+            skips.skip_shard(err)
+            stats.shards_skipped.append(shard)
+            continue
         found.update({(shard, o): s for o, s in got.items()})
-    return [found[(r.shard, r.offset)] for r in refs]
+    return [found[k] for r in refs if (k := (r.shard, r.offset)) in found]
+
+
+def _why(exc: OSError | EOFError) -> str:
+    """What went wrong reading a shard, without the path the caller names already."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"unreadable shard ({exc.strerror.lower()})"
+    return f"unreadable shard ({exc or type(exc).__name__})"
+
+
+def _stream_size(raw: Any) -> int | None:
+    """The size of an opened shard: a local file's from the file system, a remote stream's from
+    its first response; None where neither is known."""
+    size = getattr(raw, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        return os.fstat(raw.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------- pairs
@@ -369,6 +411,12 @@ def preview(
         refs = choose_samples(info, config.n, config.seed, config.split)
         stats = ReadStats()
         samples = read_samples(location, refs, stats)
+        refs = [r for r in refs if r.shard not in stats.shards_skipped]
+        if not refs:
+            raise DatakitError(
+                f"{location.display}: no chosen sample could be read "
+                f"({len(stats.shards_skipped)} shards skipped)"
+            )
         rows = build_rows(samples, refs, config, pair_rule)
         title = (
             f"datakit preview  {info.name or location.display}  source {info.source or '?'}  "

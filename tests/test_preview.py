@@ -652,3 +652,36 @@ def test_bad_member_is_one_line_naming_the_shard(synthetic_dataset: Path, tmp_pa
     line = assert_one_line_error(res)
     assert f"{shard}: train_000001.label.png: image bytes do not decode" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no sheet, no temporary
+
+
+def test_cut_or_missing_shard_is_named_or_skipped_with_on_shard_error(
+    synthetic_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shard cut short fails the preview with one line giving its size against the manifest's
+    (not a confusing "missing member" of the sample the cut falls in); with --on-shard-error skip
+    the cut and the missing shard are logged and left out, and the other shards' samples shown."""
+    ds = tmp_path / "ds"
+    shutil.copytree(synthetic_dataset, ds)
+    cut, gone = ds / "train-000001.tar", ds / "train-000002.tar"
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    gone.unlink()
+    sheet = tmp_path / "s.png"
+    args = ["preview", str(ds), "-o", str(sheet), "--n", "24"]  # every sample: both shards chosen
+    line = assert_one_line_error(CliRunner().invoke(main, args), cut)
+    assert f"size {len(whole) // 2} bytes, manifest says {len(whole)}" in line
+    assert not sheet.exists()
+    # --on-shard-error sets DATAKIT_ON_SHARD_ERROR for the process: undone after this test
+    monkeypatch.setenv("DATAKIT_ON_SHARD_ERROR", "fail")
+    res = CliRunner().invoke(main, ["--on-shard-error", "skip", *args])
+    assert res.exit_code == 0, res.output
+    logged = [r.getMessage() for r in caplog.records if r.name == "datakit.skips"]
+    assert len(logged) == 2 and logged[0].startswith(f"skipping shard: {cut}: size "), logged
+    assert logged[1] == f"skipping shard: {gone}: unreadable shard (no such file or directory)"
+    assert (
+        "16 samples from 4 shards" in res.output and "(2 unreadable shard(s) skipped)" in res.output
+    )
+    assert sheet.exists()

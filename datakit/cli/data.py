@@ -136,11 +136,20 @@ def _convert_command(name: str) -> click.Command:
         cfg = ConvertConfig(mode=mode, **common)
         converter = conv_cls.from_cli(**kwargs)
         result = convert(converter, out, cfg)
+        if result.finished_before:
+            kept = "; already complete, nothing converted"
+        elif result.kept_shards:
+            kept = (
+                f"; {result.kept_samples} samples in {result.kept_shards} shards kept from the "
+                f"earlier run"
+            )
+        else:
+            kept = ""
         click.echo(
             f"{result.num_samples} samples in {len(result.shards)} shards -> {result.location} "
             f"({result.seconds:.1f} s"
             + (f", {result.skipped} skipped: see errors.jsonl" if result.skipped else "")
-            + f"); manifest {result.manifest}"
+            + f"{kept}); manifest {result.manifest}"
         )
 
     return click.Command(
@@ -311,7 +320,10 @@ def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: 
         config=PreviewConfig(n=n, seed=seed, split=split),
         pair_rule=torch_pair_rule(positive_pairs, DepthRule()),
     )
+    skipped = result.stats.shards_skipped
     click.echo(
-        f"{len(result.rows)} samples from {len(result.stats.shards_opened)} shards -> {out}"
+        f"{len(result.rows)} samples from {len(result.stats.shards_opened) - len(skipped)} shards "
+        f"-> {out}"
         + (f", {html}" if html else "")
+        + (f" ({len(skipped)} unreadable shard(s) skipped)" if skipped else "")
     )
