@@ -110,6 +110,9 @@ class ConvertResult:
     skipped: int
     seconds: float
     manifest: str
+    kept_shards: int = 0  # a --resume: complete shards of the earlier run, kept as they were
+    kept_samples: int = 0
+    finished_before: bool = False  # a --resume of a dataset already complete: nothing written
 
 
 # --- what travels from workers to the writer --------------------------------------------------
@@ -420,6 +423,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
 
     bar = _progress_bar(cfg, len(units) - start_unit, converter)
     n_samples = n_resumed = sum(s["num_samples"] for s in progress.shards)
+    n_kept_shards = len(progress.shards)
     try:
         results = iter_unit_results(converter, units[start_unit:], cfg)
         for u, items in enumerate(results, start=start_unit):
@@ -512,7 +516,14 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     loc.delete(prog_name)
     remove_key_lists(loc, cfg.part)
     return ConvertResult(
-        loc.display, n_samples, entries, len(errors), time.perf_counter() - t0, loc.path(final_name)
+        loc.display,
+        n_samples,
+        entries,
+        len(errors),
+        time.perf_counter() - t0,
+        loc.path(final_name),
+        kept_shards=n_kept_shards,
+        kept_samples=n_resumed,
     )
 
 
@@ -552,4 +563,7 @@ def _result_from_manifest(loc: Location, final_name: str, t0: float) -> ConvertR
         int(info.get("errors", {}).get("skipped", 0)),
         time.perf_counter() - t0,
         loc.path(final_name),
+        kept_shards=len(entries),
+        kept_samples=sum(e.num_samples for e in entries),
+        finished_before=True,
     )

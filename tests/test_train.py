@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FAST = [
     "--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--workers", "0",
     "--set", "proj_hidden=256", "--set", "head_hidden=256", "--set", "queue_size=64",
-    "--set", "progress=false",
+    "--no-progress",
 ]  # fmt: skip
 
 
@@ -76,6 +76,7 @@ def test_train_every_method_20_steps(
         assert any(r["pos_frac"] < r["pos_frac_spatial"] for r in recs)  # the filter acts
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["method"] == method and saved["optimizer"] in ("lars", "sgd")
+    assert saved["progress"] is False  # --no-progress
     assert saved["lr"] is not None and saved["warmup_steps"] is not None  # resolved
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # SPEC 5's schedules, by hand, at the 0-based step k = logged step - 1: linear warmup to lr,
@@ -305,6 +306,7 @@ def test_a_pixcon_checkpoint_from_before_head_bn_resumes_only_without_bn(
     res = train("--out", str(run), "--resume", "--steps", "2", "--set", "head_bn=false")
     assert res.exit_code == 0, res.output
     assert checkpoint.load(run / "last.pt")["step"] == 2
+    assert "pixcon resnet18: 2 steps (resumed at step 1), loss" in res.output  # says what was kept
 
 
 def test_resume_of_a_finished_run_trains_nothing_and_says_so(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,13 +168,21 @@ def test_crash_leaves_no_partial_shard_and_resume_equals_uninterrupted(tmp_path)
     assert [n for n in names if n.endswith(".tar")] == [f"train-{i:06d}.tar" for i in range(3)]
     with pytest.raises(UsageError, match="unfinished conversion"):
         convert(SyntheticConverter(cfg), str(out), ConvertConfig(shard_size=3, progress=False))
-    convert(
+    result = convert(
         SyntheticConverter(cfg),
         str(out),
         ConvertConfig(shard_size=3, progress=False, mode="resume"),
     )
+    assert (result.kept_shards, result.kept_samples, result.num_samples) == (3, 9, 20)
+    assert not result.finished_before
     assert shard_hashes(out) == shard_hashes(ref)
     assert not [n for n in os.listdir(out) if n.startswith(("_progress", ".", "_keys"))]
+    again = convert(
+        SyntheticConverter(cfg),
+        str(out),
+        ConvertConfig(shard_size=3, mode="resume", progress=False),
+    )
+    assert again.finished_before and (again.kept_shards, again.kept_samples) == (7, 20)
 
 
 @pytest.mark.timeout(240)
@@ -218,6 +227,8 @@ def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
         text=True,
     )
     assert res.returncode == 0, res.stderr
+    kept = re.search(r"; (\d+) samples in (\d+) shards kept from the earlier run\)", res.stdout)
+    assert kept and int(kept[2]) >= 3 and int(kept[1]) == 4 * int(kept[2]), res.stdout
     assert shard_hashes(out) == shard_hashes(ref)
     assert sorted(os.listdir(out)) == sorted(os.listdir(ref))  # no temporaries, no progress file
 

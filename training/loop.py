@@ -62,6 +62,7 @@ class TrainResult:
     checkpoint: Path
     finished_before: bool = False  # a --resume of a run already at its last step: nothing trained
     skipped: Skipped = Skipped()  # shards and samples skipped over the run (all ranks, resumes)
+    start_step: int = 0  # a --resume: the checkpoint's step, where this call began
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
@@ -422,7 +423,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     finally:
         stream.close()
         log.close()
-    return TrainResult(Path(cfg.out), cfg.steps, last_loss, ckpt_path, skipped=skipped)
+    return TrainResult(
+        Path(cfg.out), cfg.steps, last_loss, ckpt_path, skipped=skipped, start_step=start
+    )
 
 
 def _save(

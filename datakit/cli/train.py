@@ -61,6 +61,7 @@ ON_ERROR = click.option(
 @click.option("--multiscale/--no-multiscale", default=None, help="Loss on C3, C4, C5 [off].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [off].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on].")
 @click.option("--resume", is_flag=True, help="Continue RUN from RUN/last.pt with RUN/config.yaml.")
 @click.option(
     "--set",
@@ -98,8 +99,9 @@ def train(
             f"{cfg.steps}; nothing to train (raise --steps to train on)"
         )
     else:
+        resumed = f" (resumed at step {result.start_step})" if result.start_step else ""
         click.echo(
-            f"{cfg.method} {cfg.arch}: {result.step} steps, loss {result.loss:.4f} -> "
+            f"{cfg.method} {cfg.arch}: {result.step} steps{resumed}, loss {result.loss:.4f} -> "
             f"{result.checkpoint}{result.skipped.suffix()}"
         )
 
