@@ -295,10 +295,11 @@ class BoreholeConverter(Converter):
         for k in range(stats.windows):
             r0, r1 = k * c.stride, k * c.stride + c.window
             z = log.index[r0:r1]
-            where = f"{log.path}@{z[0]:g}-{z[-1]:g}{log.index_unit}"
             raw = log.image.values[r0:r1]
             if not np.isfinite(raw).any():
-                yield Skipped(where, "all-null window (no valid image sample)", expected=True)
+                # the source is the file, so the console shows a few of a log's null windows
+                where = f"window {k} at {z[0]:g}-{z[-1]:g}{log.index_unit}"
+                yield Skipped(log.path, f"{where}: all-null (no valid image sample)", expected=True)
                 continue
             values, valid = resample_periodic(raw, image_plan)
             rgb = to_rgb(values, valid, stats.image_lo, stats.image_hi, lut)
@@ -353,7 +354,13 @@ class BoreholeConverter(Converter):
 
     def _read(self, path: str) -> WellLog:
         c = self.config
-        return read_well_log(path, c.image, c.depth, negative_invalid=c.negative_invalid)
+        log = read_well_log(path, c.image, c.depth, negative_invalid=c.negative_invalid)
+        if log.rows and not np.isfinite(log.image.values).any():
+            # a dead tool or the wrong channel, not a null section: one error for the well
+            raise SourceError(
+                path, f"image channel {log.image.request!r} is null in all {log.rows} rows"
+            )
+        return log
 
     def _run_survey(self) -> Survey:
         wells: dict[str, WellStats] = {}

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import resize_nearest, resize_rgb
+from converters.imaging import cut_off, resize_nearest, resize_rgb
 from datakit import png
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample, labels_outside
@@ -164,9 +164,7 @@ class FolderConverter(Converter):
         depth_path = os.path.join(cfg.src, pair.depth)
         # stored pixel order, as the depth map's: no EXIF rotation (a rotated photo would not
         # line up with its depth)
-        bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if bgr is None:
-            raise SourceError(rgb_path, "not a readable image")
+        bgr = _imread(rgb_path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         h, w = rgb.shape[:2]
         values = read_array(depth_path)
@@ -367,6 +365,21 @@ def _is_palette_png(path: str) -> bool:
     return head is not None and head[3] == 3
 
 
+def _imread(path: str, flags: int) -> np.ndarray:
+    """cv2.imread that refuses a cut-off JPEG or PNG (decoded to grey otherwise); SourceError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError(path, f"does not read ({exc.strerror})") from None
+    if cut_off(data):
+        raise SourceError(path, "truncated: the file ends before its end-of-image marker")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None:
+        raise SourceError(path, "not a readable image")
+    return img
+
+
 def read_array(path: str) -> np.ndarray:
     """A single-channel depth/label file as a 2-D array of its own dtype; SourceError otherwise."""
     ext = os.path.splitext(path)[1].lower()
@@ -384,9 +397,7 @@ def read_array(path: str) -> np.ndarray:
         except OSError as exc:
             raise SourceError(path, f"not a readable PNG: {exc}") from None
     else:
-        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise SourceError(path, "not a readable image")
+        arr = _imread(path, cv2.IMREAD_UNCHANGED)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:

@@ -1,4 +1,5 @@
-"""Resampling shared by converters: image by area, depth and labels by nearest, intrinsics scaled."""
+"""Shared by converters: resampling (image by area, depth and labels by nearest, intrinsics scaled)
+and a check that an image file is whole."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def scale_intrinsics(
         "cx": (intrinsics["cx"] + 0.5) * sx - 0.5,
         "cy": (intrinsics["cy"] + 0.5) * sy - 0.5,
     }
+
+
+def cut_off(data: bytes) -> bool:
+    """A JPEG or PNG that ends before its end-of-image marker (an interrupted copy or download).
+
+    libjpeg decodes a cut-off JPEG, greying out what is missing, with only a warning on stderr, and
+    libpng prints its own error line; so this is checked before decoding. A JPEG is whole when an
+    end marker follows its last scan (scan data cannot hold one; data after the end, as some cameras
+    append, is allowed), a PNG when it holds its IEND chunk. Other formats: False.
+    """
+    if data.startswith(b"\xff\xd8"):
+        last_scan = data.rfind(b"\xff\xda")
+        return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data.rfind(b"IEND") < 0
+    return False

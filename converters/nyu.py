@@ -139,8 +139,15 @@ class NyuConverter(Converter):
     def units(self) -> list[WorkUnit]:
         with self._open() as f:
             n = self._check(f)
-        if self.config.label_map is not None:
-            load_label_map(self.config.label_map)  # fail before any work on a bad file
+            num_names = len(_strings(f, "names")) if self.config.label_map is not None else 0
+        if self.config.label_map is not None:  # fail before any work on a bad file
+            mapping = load_label_map(self.config.label_map)
+            if len(mapping) < num_names:  # else the classes past its end become 255 silently
+                raise SourceError(
+                    self.config.label_map,
+                    f"label map has {len(mapping)} entries, but {self.config.mat} names "
+                    f"{num_names} classes (one nyu40 id per raw class, in order)",
+                )
         if self.config.splits is None:
             groups = {"train": list(range(n))}
         else:
@@ -283,16 +290,22 @@ def load_splits(path: str, n: int) -> dict[str, list[int]]:
 
 
 def _mat_variable(path: str, name: str) -> np.ndarray:
+    """ValueError for a file that does not read or lacks the variable."""
     if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
+            if name not in f:
+                raise ValueError(f"no variable {name!r}")
             return np.asarray(f[name])
     from scipy.io import loadmat  # MATLAB v5 files (the official splits.mat, classMapping40.mat)
     from scipy.io.matlab import MatReadError
 
     try:
-        return np.asarray(loadmat(path, variable_names=[name])[name])
+        found = loadmat(path, variable_names=[name])
     except MatReadError as exc:  # an empty or cut-off file; not a ValueError, so re-raise as one
         raise ValueError(str(exc)) from None
+    if name not in found:
+        raise ValueError(f"no variable {name!r}")
+    return np.asarray(found[name])
 
 
 def _strings(f: h5py.File, name: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ breakout labels are exact; bad input fails with the file named; the real LWD log
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -240,7 +241,8 @@ def test_all_null_window_is_skipped_and_counted(tmp_path: Path) -> None:
     path = write_log(log, tmp_path, "npz")
     out = run(converter(path, image="AMP", window=64, stride=64))
     assert [type(s).__name__ for s in out] == ["Sample", "Skipped", "Sample"]
-    assert "all-null" in out[1].reason and "@1008-1015.88m" in out[1].source  # type: ignore[union-attr]
+    assert out[1].source == str(path)  # type: ignore[union-attr]
+    assert out[1].reason == "window 1 at 1008-1015.88m: all-null (no valid image sample)"  # type: ignore[union-attr]
 
     from datakit.writer import ConvertConfig, convert
 
@@ -252,6 +254,55 @@ def test_all_null_window_is_skipped_and_counted(tmp_path: Path) -> None:
     assert info["errors"]["skipped"] == 1 and info["depth"] is None
     logged = json.loads((tmp_path / "ds" / "errors.jsonl").read_text())
     assert logged["expected"] is True and "all-null" in logged["reason"]
+
+
+def test_many_null_windows_print_a_few_lines(tmp_path: Path) -> None:
+    """Null windows are skipped with the file as their source, so the console shows the first few
+    of a log's and one count line (not one line per window); errors.jsonl lists each."""
+    from datakit.cli import main
+    from datakit.writer import SKIP_LINES_PER_SOURCE
+
+    log = make_log(rows=640)
+    log.image[:512] = np.nan
+    path = write_log(log, tmp_path, "npz")
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(
+        main,
+        ["convert", "borehole", str(path), str(out), "--image", "AMP", "--window", "64"]
+        + ["--stride", "64", "--no-progress"],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("skipped ")]
+    assert len(lines) == SKIP_LINES_PER_SOURCE + 1, res.output
+    assert lines[-1].startswith(f"skipped {8 - SKIP_LINES_PER_SOURCE} more from {path} ")
+    assert len((out / "errors.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("fmt", ["las", "npz"])
+def test_all_null_image_is_one_error_naming_the_file(tmp_path: Path, fmt: str) -> None:
+    """A log whose image channel has no valid value anywhere (a dead tool, the wrong channel) is
+    bad input for the well, not 56 skipped windows and 'no samples converted'."""
+    from datakit.cli import main
+
+    image = "AMP{}" if fmt == "las" else "AMP"  # LAS stores sectors as numbered columns
+    log = make_log(rows=128)
+    log.image[:] = np.nan
+    path = write_log(log, tmp_path / "src", fmt)
+    with pytest.raises(SourceError, match=re.escape(f"image channel {image!r} is null in all 128")):
+        run(converter(path, image=image, window=64))
+    out = tmp_path / "ds"
+    args = ["convert", "borehole", str(path), str(out), "--image", image, "--window", "64"]
+    res = CliRunner().invoke(main, [*args, "--stride", "32", "--no-progress"])
+    line = assert_one_line_error(res, path, "null in all 128 rows", out=out)
+    assert "no samples converted" not in line
+    # with a good well beside it and --on-error skip, the well is logged and the rest converted
+    write_log(make_log(rows=128, nulls=False), tmp_path / "src", fmt, stem="good")
+    args[2] = str(tmp_path / "src")
+    res = CliRunner().invoke(main, [*args, "--stride", "32", "--no-progress", "--on-error", "skip"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "_info.json").read_text())
+    assert info["errors"]["skipped"] == 1 and list(info["borehole"]["wells"]) == ["good"]
+    assert info["splits"]["train"]["num_samples"] == 3
 
 
 def test_decreasing_index_is_sorted(tmp_path: Path) -> None:

@@ -337,8 +337,56 @@ def test_cli_undecodable_image_is_one_line_without_opencv_logs(tmp_path: Path) -
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"Error: {tmp_path / 'src/rgb/x.png'}: not a readable image"
+        f"Error: {tmp_path / 'src/rgb/x.png'}: truncated: the file ends before its end-of-image marker"
     ], proc.stderr
+
+
+def test_cli_truncated_jpeg_and_png_are_refused_not_greyed(tmp_path: Path) -> None:
+    """libjpeg decodes a cut-off JPEG to a partly grey picture with only "Premature end of JPEG
+    file" on stderr, and libpng prints "libpng error: ..." for a cut-off PNG: each must be one line
+    naming the file (a real process: the libraries write to fd 2), and skip converts the rest."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write_rgb(src / f"rgb/{i}.jpg", rgb_image(48, 64, i))
+        write_depth(src / f"depth/{i}.png", np.full((48, 64), 1000 + i, np.uint16))
+    jpg = (src / "rgb/1.jpg").read_bytes()
+    (src / "rgb/1.jpg").write_bytes(jpg[: len(jpg) // 2])
+    png = (src / "depth/2.png").read_bytes()
+    (src / "depth/2.png").write_bytes(png[: len(png) - 20])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    args = [sys.executable, "-m", "datakit", "convert", "folder", str(src), str(tmp_path / "out"),
+            "--rgb", "rgb/*.jpg", "--depth", "depth/*.png", "--depth-scale", "0.001",
+            "--depth-kind", "metric", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    reason = "truncated: the file ends before its end-of-image marker"
+    assert proc.stderr.strip().splitlines() == [f"Error: {src / 'rgb/1.jpg'}: {reason}"]
+    proc = subprocess.run(
+        [*args, "--on-error", "skip"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert [ln for ln in lines if not ln.startswith("1 samples")] == [
+        f"skipped {src / 'rgb/1.jpg'}: {reason}",
+        f"skipped {src / 'depth/2.png'}: {reason}",
+    ]
+    info = json.loads((tmp_path / "out/_info.json").read_text())
+    assert info["errors"]["skipped"] == 2 and info["splits"]["train"]["num_samples"] == 1
+
+
+def test_cut_off_keeps_whole_progressive_and_trailed_jpegs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from converters.imaging import cut_off
+
+    Image.fromarray(rgb_image(64, 64, 0)).save(tmp_path / "p.jpg", progressive=True)
+    data = (tmp_path / "p.jpg").read_bytes()
+    assert not cut_off(data) and not cut_off(data + b"SEFT trailer")  # data after the end marker
+    assert all(cut_off(data[:n]) for n in (len(data) // 3, len(data) // 2, len(data) - 2))
 
 
 def test_cli_refuses_mismatched_sizes_naming_both(tmp_path: Path) -> None:

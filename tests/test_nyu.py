@@ -158,6 +158,25 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
         NyuConverter(NyuConfig(mat=str(fx.path), label_map=str(bad_map))).units()
 
 
+def test_short_label_map_or_wrong_variable_is_one_error_line(tmp_path: Path) -> None:
+    """A label map shorter than the file's class list would map every class past its end to
+    255 without a word; a .mat without the variable said only "'mapClass'" (a KeyError)."""
+    from datakit.cli import main
+
+    fx = build_nyu(tmp_path / "nyu.mat", n=2, num_classes=12)
+    short = write_class_mapping(tmp_path / "short.mat", [1, 2, 3])
+    res = CliRunner().invoke(
+        main, ["convert", "nyu", str(fx.path), str(tmp_path / "out"), "--label-map", str(short)]
+    )
+    line = assert_one_line_error(res, short, fx.path, out=tmp_path / "out")
+    assert "label map has 3 entries" in line and "names 12 classes" in line
+    splits = write_splits(tmp_path / "splits.mat", train=[1], test=[2])
+    with pytest.raises(SourceError, match=r"splits.mat: not a label map: no variable 'mapClass'$"):
+        NyuConverter(NyuConfig(mat=str(fx.path), label_map=str(splits))).units()
+    with pytest.raises(SourceError, match=r"short.mat: .*: no variable 'trainNdxs'$"):
+        NyuConverter(NyuConfig(mat=str(fx.path), splits=str(short))).units()
+
+
 @pytest.mark.parametrize("name", ["splits.mat", "classMapping40.mat", "map.npy"])
 def test_empty_splits_or_label_map_is_one_error_line(tmp_path: Path, name: str) -> None:
     """An empty file (a failed download) raises scipy's MatReadError / numpy's EOFError, which are
