@@ -286,11 +286,8 @@ class BoreholeConverter(Converter):
         depth_plan = azimuth_plan(log.depth.sectors, c.columns) if log.depth is not None else None
         if stats.windows == 0:
             # a short run is a normal part of the data (counted, never fatal); an empty log is not
-            yield Skipped(
-                log.path,
-                f"{log.rows} rows, fewer than one window of {c.window}",
-                expected=log.rows > 0,
-            )
+            why = f"{log.rows} rows, fewer than one window of {c.window}" if log.rows else ""
+            yield Skipped(log.path, why or "no data rows", expected=log.rows > 0)
             return
         for k in range(stats.windows):
             r0, r1 = k * c.stride, k * c.stride + c.window

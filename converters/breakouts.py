@@ -49,7 +49,9 @@ def read_breakouts(path: str) -> list[BreakoutPick]:
                 for r in csv.reader(f)
                 if r and any(x.strip() for x in r) and not r[0].lstrip().startswith("#")
             ]
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # its text names the file again: the reason alone
+        raise SourceError(path, f"cannot read breakout picks ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
         raise SourceError(path, f"cannot read breakout picks ({exc})") from None
     if not rows:
         return []

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
+from converters.imaging import CUT_OFF, cut_off, resize_nearest, resize_rgb, scale_intrinsics
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample
 
@@ -311,9 +311,18 @@ def _frames(city_dir: str, city: str) -> list[Frame | Misnamed]:
 
 
 def _read(path: str, flags: int) -> np.ndarray:
+    """A PNG decoded with OpenCV ``flags``; SourceError when missing, cut off (libpng would print
+    its own error lines) or not a PNG."""
     if not os.path.isfile(path):
         raise SourceError(path, "missing")
-    img = cv2.imread(path, flags)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError(path, f"does not read ({exc.strerror})") from None
+    if cut_off(data):
+        raise SourceError(path, CUT_OFF)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if img is None:
         raise SourceError(path, "not a readable PNG")
     return img

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import cut_off, resize_nearest, resize_rgb
+from converters.imaging import CUT_OFF, cut_off, resize_nearest, resize_rgb
 from datakit import png
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample, labels_outside
@@ -373,7 +373,7 @@ def _imread(path: str, flags: int) -> np.ndarray:
     except OSError as exc:
         raise SourceError(path, f"does not read ({exc.strerror})") from None
     if cut_off(data):
-        raise SourceError(path, "truncated: the file ends before its end-of-image marker")
+        raise SourceError(path, CUT_OFF)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if img is None:
         raise SourceError(path, "not a readable image")
@@ -458,4 +458,4 @@ def _read_classes(path: str | None) -> tuple[str, ...]:
         with open(path, encoding="utf-8") as fh:
             return tuple(line.strip() for line in fh if line.strip())
     except OSError as exc:
-        raise SourceError(path, f"cannot read class names: {exc}") from None
+        raise SourceError(path, f"cannot read class names ({exc.strerror or exc})") from None

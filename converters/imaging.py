@@ -46,6 +46,11 @@ def scale_intrinsics(
     }
 
 
+CUT_OFF = (
+    "truncated: the file ends before its end-of-image marker"  # the reason :func:`cut_off` gives
+)
+
+
 def cut_off(data: bytes) -> bool:
     """A JPEG or PNG that ends before its end-of-image marker (an interrupted copy or download).
 
@@ -55,8 +60,10 @@ def cut_off(data: bytes) -> bool:
     append, is allowed), a PNG when it holds its IEND chunk. Other formats: False.
     """
     if data.startswith(b"\xff\xd8"):
+        # Without any scan, only a missing end marker says "cut off"; with one, it is garbage
+        # (an end marker in an EXIF thumbnail can hide a cut there: then the decoder refuses it).
         last_scan = data.rfind(b"\xff\xda")
-        return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+        return data.find(b"\xff\xd9", max(last_scan, 0)) < 0
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return data.rfind(b"IEND") < 0
     return False

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import resize_nearest, resize_rgb, scale_intrinsics
+from converters.imaging import CUT_OFF, cut_off, resize_nearest, resize_rgb, scale_intrinsics
 from converters.scannet_layout import (
     LABEL_ZIP,
     LABELS,
@@ -198,6 +198,9 @@ class ScanNetConverter(Converter):
             where = f"scan {scan.name}: frame {index}"
             color_path = root / "color" / files[index]
             data = color_path.read_bytes()
+            if cut_off(data):
+                yield Skipped(str(color_path), f"{where}: {CUT_OFF}")
+                continue
             color_size = jpeg_size(data) if files[index].lower().endswith(("jpg", "jpeg")) else None
             kind = "jpeg" if color_size else "png"
             rgb = decode_color(data, kind, color_size, c.size)
@@ -206,7 +209,12 @@ class ScanNetConverter(Converter):
                 continue
             color_size = color_size or (rgb.shape[1], rgb.shape[0])
             depth_path = root / "depth" / f"{index}.png"
-            depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
+            depth_data = depth_path.read_bytes() if depth_path.is_file() else b""
+            if cut_off(depth_data):
+                yield Skipped(str(depth_path), f"{where}: {CUT_OFF}")
+                continue
+            buf = np.frombuffer(depth_data, np.uint8)
+            depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if depth_data else None
             if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
                 yield Skipped(
                     str(depth_path), f"{where}: missing or not a 16-bit single-channel PNG"
@@ -321,7 +329,11 @@ def _lost_to_truncation(
 def _color_problem(data: bytes, header: SensHeader) -> str | None:
     """Why a colour blob cannot be the header's image, or None. The size is read from the JPEG's
     SOF marker or the PNG's IHDR before decoding, so a header whose size is wrong (and whose
-    intrinsics would be scaled by it) is caught at the first frame."""
+    intrinsics would be scaled by it) is caught at the first frame. A JPEG or PNG cut off before its
+    end marker (:func:`converters.imaging.cut_off`) is refused before it reaches the decoder."""
+    if header.color_compression in ("jpeg", "png") and cut_off(data):
+        kind = header.color_compression
+        return f"colour {kind} truncated: it ends before its end-of-image marker"
     size = None
     if header.color_compression == "jpeg":
         size = jpeg_size(data)

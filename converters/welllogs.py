@@ -110,9 +110,17 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
         with _library_logging(path):
             las = lasio.read(str(path), ignore_header_errors=False)
     except Exception as exc:  # lasio raises many types for malformed files
+        cut = _las_cut_mid_row(path, exc) or (None if _las_has_data(path) else LAS_CUT_IN_HEADER)
+        if cut:
+            raise SourceError(path, cut) from None
         raise SourceError(path, f"not a readable LAS file ({type(exc).__name__}: {exc})") from None
-    if not las.curves:
-        raise SourceError(path, "LAS file has no curves")
+    if not las.curves or len(las.curves[0].data) == 0:
+        if not _las_has_data(path):
+            raise SourceError(path, LAS_CUT_IN_HEADER)
+        raise SourceError(
+            path,
+            "no data rows (the ~A section is empty)" if las.curves else "LAS file has no curves",
+        )
     index_curve = las.curves[0]
     try:
         well = str(las.well["WELL"].value).strip()
@@ -132,6 +140,47 @@ def _las_tables(path: Path) -> Iterator[list[_Table]]:
             load=lambda name: np.asarray(las.curves[name].data, dtype=np.float64),
         )
     ]
+
+
+LAS_CUT_IN_HEADER = "cut short: the file ends in its header (no ~A section, no data rows)"
+# lasio's words for an ~A section whose values do not fill whole rows
+_LAS_RESHAPE = re.compile(r"Cannot reshape ~A data size \((\d+),\) into (\d+) columns")
+
+
+def _las_cut_mid_row(path: Path, exc: Exception) -> str | None:
+    """What lasio's "Cannot reshape ~A data size (N,) into K columns" means, or None for other
+    errors: the file ends inside its last row (an interrupted copy), or some row lacks values."""
+    m = _LAS_RESHAPE.search(str(exc))
+    if m is None:
+        return None
+    values, columns = int(m.group(1)), int(m.group(2))
+    left = values % columns
+    if left and len(_last_line(path).split()) == left:
+        return (
+            f"cut short: the ~A section ends mid-row ({left} of {columns} values in its last row)"
+        )
+    return f"the ~A section's {values} values are not whole rows of {columns} (a row lacks values)"
+
+
+def _las_has_data(path: Path) -> bool:
+    """Whether a LAS file has its ~A (data) section; without it, the file ends in its header."""
+    try:
+        with open(path, "rb") as f:
+            return any(line.lstrip().upper().startswith(b"~A") for line in f)
+    except OSError:
+        return True  # unknown: the reader's own error stands
+
+
+def _last_line(path: Path, tail: int = 65536) -> str:
+    """The last non-blank line of a text file (read from its last ``tail`` bytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(f.tell() - tail, 0))
+            lines = f.read().decode("latin-1").splitlines()
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line.strip()), "")
 
 
 def _las_step_unit(las: Any) -> str | None:
@@ -172,6 +221,19 @@ def _library_logging(path: Path, library: str = "lasio") -> Iterator[None]:
         lib_log.propagate = propagate
 
 
+def _dlisio_problem(exc: Exception) -> str:
+    """dlisio's error as one short line. Its messages are a report over several lines ("Problem:
+    File truncated in Logical Record Segment", "Where:", "Severity:", "Action taken:", "Debug
+    info:" with byte offsets): the problem is what a user needs."""
+    text = str(exc)
+    m = re.search(
+        r"Problem:\s*(.*?)\s*(?:Where:|Severity:|Action taken:|Debug info:|$)", text, re.S
+    )
+    if m and m.group(1):
+        return " ".join(m.group(1).split())
+    return " ".join(f"{type(exc).__name__}: {text}".split())
+
+
 @contextmanager
 def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
     from dlisio import dlis
@@ -179,8 +241,7 @@ def _dlis_tables(path: Path) -> Iterator[list[_Table]]:
     try:
         files = dlis.load(str(path))
     except Exception as exc:  # dlisio raises RuntimeError/OSError/ValueError for bad files
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # dlisio's messages span lines
-        raise SourceError(path, f"not a readable DLIS file ({reason})") from None
+        raise SourceError(path, f"not a readable DLIS file ({_dlisio_problem(exc)})") from None
     with files, _library_logging(path, "dlisio"):
         tables: list[_Table] = []
         for lf in files:

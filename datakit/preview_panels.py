@@ -19,6 +19,7 @@ from datakit.preview_sheet import (
     BOX_RGB,
     CAPTION_H,
     HEADER_H,
+    HEADER_SCALE,
     IGNORE_RGB,
     INVALID_RGB,
     KEPT_RGB,
@@ -49,7 +50,8 @@ def draw_row(
     empty)."""
     s = row.sample
     unit = unit or str(s.meta.get("depth_unit", ""))
-    put_text(canvas, rl.header, rl.panels["rgb"].x, rl.rect.y + HEADER_H - 5, scale=0.42)
+    header_y = rl.rect.y + HEADER_H - 5
+    put_text(canvas, rl.header_drawn, rl.panels["rgb"].x, header_y, scale=HEADER_SCALE)
     cap_y = rl.rect.y + HEADER_H + CAPTION_H - 4
     v1, v2 = row.views.view1, row.views.view2
     valid = ""

@@ -10,6 +10,7 @@ page) can find panels, legend entries and boxes at computed positions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ MARGIN, GAP, ROW_GAP = 12, 10, 14
 TITLE_H, HEADER_H, CAPTION_H = 30, 18, 16
 BAR_W, BAR_TEXT_W = 12, 62
 SWATCH, LEGEND_LINE = 10, 14
+HEADER_SCALE = 0.42  # font scale of a row's header
 AXIS_LEFT, AXIS_BOTTOM = 64, 18
 MAX_LEGEND = 43  # legend entries per sample (four columns at the default panel height)
 MAX_ASPECT = 2.0  # widest panel = MAX_ASPECT * panel height; wider images shrink to fit
@@ -67,7 +69,8 @@ class Rect:
 
 @dataclass(frozen=True)
 class LegendEntry:
-    """One legend line; class_id -1 is the closing "+N more" line of a crowded legend."""
+    """One legend line; class_id -1 is the "+N more" line of a crowded legend, and the dataset's
+    ignore_index the last line, "ignore", when the label holds such pixels."""
 
     class_id: int
     name: str
@@ -93,7 +96,8 @@ class RowLayout:
     index: int
     key: str
     rect: Rect
-    header: str
+    header: str  # in full (the HTML page's heading)
+    header_drawn: str = ""  # what the sheet shows: the header shortened to fit the row
     panels: dict[str, Rect] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Rect] = field(default_factory=dict)
@@ -191,9 +195,20 @@ def legend_classes(label: np.ndarray | None, ignore: int | None) -> tuple[list[i
 
 
 def _legend_items(row: PreviewRow, names: list[str], ignore: int | None) -> list[tuple[int, str]]:
-    ids, more = legend_classes(row.sample.label, ignore)
+    label = row.sample.label
+    ids, more = legend_classes(label, ignore)
     items = [(c, _ascii(names[c] if c < len(names) else f"class {c}")[:20]) for c in ids]
-    return items + ([(-1, f"+{more} more")] if more else [])
+    items += [(-1, f"+{more} more")] if more else []
+    if ignore is not None and label is not None and bool(np.any(label == ignore)):
+        items.append((ignore, "ignore"))
+    return items
+
+
+def legend_colour(class_id: int, ignore: int | None) -> tuple[int, int, int]:
+    """The swatch of a legend line: the colour its pixels are tinted towards in the overlay."""
+    if class_id == ignore:
+        return IGNORE_RGB
+    return palette(class_id) if class_id >= 0 else BACKGROUND  # -1: "+N more", no swatch
 
 
 def _text_width(s: str, scale: float = 0.4) -> int:
@@ -233,11 +248,13 @@ def compute_layout(
     for i, (row, (pw, pph)) in enumerate(zip(rows, sizes)):
         y0 = MARGIN + TITLE_H + i * rh
         py = y0 + HEADER_H + CAPTION_H
+        header = _header(row, i, len(rows))
         rl = RowLayout(
             i,
             row.sample.key,
             Rect(0, y0, width, rh),
-            _header(row, i, len(rows)),
+            header,
+            fit_header(header, row, width - left - MARGIN),
             borehole=boreholes[i],
         )
         for name in ("rgb", "depth", "label", "crops"):
@@ -260,8 +277,8 @@ def compute_layout(
         for k, (cid, name) in enumerate(items[i]):
             sx = lp.x2 + 6 + (k // per_col) * col_w
             sy = py + 2 + (k % per_col) * LEGEND_LINE
-            rgb = palette(cid) if cid >= 0 else BACKGROUND  # -1: the "+N more" line, no swatch
-            rl.legend.append(LegendEntry(cid, name, rgb, Rect(sx, sy, SWATCH, SWATCH)))
+            swatch = Rect(sx, sy, SWATCH, SWATCH)
+            rl.legend.append(LegendEntry(cid, name, legend_colour(cid, ignore), swatch))
         if rl.legend:
             rl.figures["label"] = rl.figures["label"].union(
                 Rect(lp.x2, py, 6 + legend_w, max(pph, per_col * LEGEND_LINE))
@@ -284,6 +301,36 @@ def _header(row: PreviewRow, i: int, n: int) -> str:
         sp, kept = int(row.pairs.spatial.sum()), int(row.pairs.kept.sum())
         text += f"  pairs {sp} spatial, {kept} kept, {sp - kept} removed by depth"
     return _ascii(text)
+
+
+def fit_header(header: str, row: PreviewRow, max_w: int) -> str:
+    """``header`` as drawn in ``max_w`` sheet pixels: whole when it fits; else without the id where
+    the id only repeats the key (borehole ``well/00028`` and key ``well-00028``), then with the id,
+    key and shard name shortened in the middle (their ends, the frame or window number, stay), and
+    as a last resort cut at the end; "..." marks what is left out."""
+    if _text_width(header, HEADER_SCALE) <= max_w:
+        return header
+    ident, key = _ascii(str(row.sample.meta.get("id", "?"))), _ascii(row.sample.key)
+    text = header
+    if re.sub(r"[^A-Za-z0-9]", "", ident) == re.sub(r"[^A-Za-z0-9]", "", key):
+        text = text.replace(f"  id {ident}  ", "  ", 1)
+    names = [n for n in (ident, key, row.ref.shard) if n in text]
+    while _text_width(text, HEADER_SCALE) > max_w:
+        longest = max(names, key=len, default="")
+        if len(longest) <= 12:
+            break
+        short = _elide_middle(longest, len(longest) - 4)
+        text = text.replace(longest, short)
+        names = [short if n == longest else n for n in names]
+    while len(text) > 4 and _text_width(text, HEADER_SCALE) > max_w:
+        text = text[: len(text) - 4].rstrip() + "..."
+    return text
+
+
+def _elide_middle(name: str, length: int) -> str:
+    """``name`` in ``length`` characters: its start and end joined by "..."."""
+    keep = max(length - 3, 2)
+    return name[: keep - keep // 2] + "..." + name[len(name) - keep // 2 :]
 
 
 def _ascii(s: str) -> str:

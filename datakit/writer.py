@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from datakit import __version__, schema
-from datakit.errors import DatakitError, SampleError, UsageError
+from datakit.errors import DatakitError, SampleError, SourceError, UsageError
 from datakit.manifest import (
     INFO_NAME,
     DepthStats,
@@ -192,9 +192,12 @@ def encode_unit(converter: Any, unit: Any, cfg: ConvertConfig) -> list[Item]:
                 continue
             members = schema.encode(s, rgb_format=cfg.rgb_format, jpeg_quality=cfg.jpeg_quality)
             items.append(Encoded(s.key, s.split, members, _depth_stats(s)))
-    except DatakitError as exc:
+    except SourceError as exc:
         # A unit that fails as a whole: nothing of it is written (with --on-error skip) or the
         # run stops (fail). Samples already produced from it are dropped so the unit stays atomic.
+        # The file it names is the source (the unit id beside it would name the file twice).
+        return [Failure(exc.path, exc.reason)]
+    except DatakitError as exc:
         return [Failure(unit.id, str(exc))]
     return items
 

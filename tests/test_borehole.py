@@ -360,6 +360,12 @@ def test_breakouts_csv_errors(tmp_path: Path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_text("# no header\n1000,1001,90,20\n")
     assert read_breakouts(str(plain))[0].azimuth == 90.0
+    with pytest.raises(SourceError) as err:  # the file named once, before the reason
+        read_breakouts(str(tmp_path / "nope.csv"))
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'nope.csv'}: cannot read breakout picks (No such file or directory)"
+    )
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -514,7 +520,8 @@ def test_bad_unit_in_one_well_is_a_unit_error(tmp_path: Path) -> None:
     result = convert(conv, str(tmp_path / "ds"), ConvertConfig(on_error="skip", progress=False))
     assert (result.num_samples, result.skipped) == (1, 1)
     (logged,) = (json.loads(x) for x in (tmp_path / "ds" / "errors.jsonl").read_text().splitlines())
-    assert f"{odd}: unknown unit 'furlong' of index 'depth'" in logged["reason"]
+    assert logged["source"] == str(odd)  # the file, named once: not the unit id beside it
+    assert logged["reason"].startswith("unknown unit 'furlong' of index 'depth'")
     with pytest.raises(DatakitError, match="furlong") as err:
         convert(
             converter(tmp_path / "src", image="AMP", window=64),
@@ -677,7 +684,7 @@ def test_empty_log_is_reported(tmp_path: Path) -> None:
     conv = converter(path, image="AMP", depth="TT")
     json.dumps(conv.info().extra, allow_nan=False)
     (item,) = run(conv)
-    assert isinstance(item, Skipped) and "fewer than one window" in item.reason
+    assert isinstance(item, Skipped) and item.reason == "no data rows"
     assert not item.expected  # an empty log is bad input
     short = write_log(make_log(rows=8, nulls=False), tmp_path / "short", "npz")
     (item,) = run(converter(short, image="AMP", depth="TT", window=16))
@@ -691,9 +698,49 @@ def test_truncated_log_is_one_line_naming_the_file(tmp_path: Path, fmt: str) -> 
     data = path.read_bytes()
     cut = tmp_path / f"cut{path.suffix}"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SourceError, match="not a readable") as err:
+    why = "cut short: the ~A section ends mid-row" if fmt == "las" else "not a readable"
+    with pytest.raises(SourceError, match=why) as err:
         read_well_log(cut, "AMP")
     assert str(cut) in str(err.value) and "\n" not in str(err.value)
+
+
+def _cut_las(data: bytes, where: str) -> bytes:
+    a = data.index(b"~A")
+    if where == "header":  # inside the ~C section
+        return data[: data.index(b"~C") + 40]
+    if where == "after ~A":
+        return data[: data.index(b"\n", a) + 1]
+    start = data.index(b"\n", a + (len(data) - a) // 2) + 1  # "mid-row": half a row of data
+    return data[: start + (data.index(b"\n", start) - start) // 2].rstrip()
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (
+            "header",
+            re.escape("cut short: the file ends in its header (no ~A section, no data rows)"),
+        ),
+        ("after ~A", re.escape("no data rows (the ~A section is empty)")),
+        ("mid-row", r"cut short: the ~A section ends mid-row \(\d+ of 25 values in its last row\)"),
+        ("dlis", re.escape("not a readable DLIS file (File truncated in Logical Record Segment)")),
+    ],
+    ids=["header", "after-A", "mid-row", "dlis"],
+)
+def test_cut_log_is_one_line_naming_the_file_once(tmp_path: Path, where: str, reason: str) -> None:
+    """A log cut short is one plain line: the path once (no well id before it) and what is wrong,
+    not lasio's "Cannot reshape ..." or dlisio's Problem/Where/Severity/Debug report."""
+    from datakit.cli import main
+
+    fmt = "dlis" if where == "dlis" else "las"
+    data = write_log(make_log(rows=64), tmp_path / "src", fmt).read_bytes()
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(data[: len(data) // 2] if fmt == "dlis" else _cut_las(data, where))
+    image = channel_names(fmt)[0]
+    args = ["convert", "borehole", str(cut), str(tmp_path / "out"), "--image", image]
+    res = CliRunner().invoke(main, [*args, "--no-progress"])
+    line = assert_one_line_error(res, cut, out=tmp_path / "out")
+    assert re.fullmatch(f"Error: {re.escape(str(cut))}: {reason}", line), line
 
 
 def test_non_numeric_npz_index_is_a_source_error(tmp_path: Path) -> None:

@@ -324,3 +324,35 @@ def test_converter_and_units_pickle_for_workers(tmp_path: Path) -> None:
     a, b = list(conv.convert(unit)), list(clone.convert(unit))
     assert [s.key for s in a] == [s.key for s in b]  # type: ignore[union-attr]
     np.testing.assert_array_equal(a[0].depth, b[0].depth)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("member", ["image", "disparity", "label"])
+def test_cli_cut_off_png_is_one_line_without_libpng_noise(tmp_path: Path, member: str) -> None:
+    """A PNG cut short (no IEND) is refused before decoding: libpng would print "libpng error" /
+    OpenCV "[ WARN..." lines to fd 2. One line naming it under fail, logged and counted under skip
+    (a real process: the libraries write to fd 2, which CliRunner does not capture)."""
+    import os
+    import subprocess
+    import sys
+
+    _, bad = build_cityscapes(tmp_path / "src")
+    cut = bad.paths[member]
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) - 20])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    args = [sys.executable, "-m", "datakit", "convert", "cityscapes", str(tmp_path / "src"),
+            str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    reason = "truncated: the file ends before its end-of-image marker"
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines() == [f"Error: {cut}: {reason}"], proc.stderr
+    proc = subprocess.run(
+        [*args, "--on-error", "skip"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [
+        ln for ln in (proc.stdout + proc.stderr).splitlines() if not ln.startswith("1 samples")
+    ]
+    assert lines == [f"skipped {cut}: {reason}"]
+    info = json.loads((tmp_path / "out" / "_info.json").read_text())
+    assert info["errors"]["skipped"] == 1 and info["splits"]["val"]["num_samples"] == 1

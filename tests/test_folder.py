@@ -202,6 +202,19 @@ def test_labels_and_classes(tmp_path: Path) -> None:
     assert conv.info().labels.classes == ("floor", "wall", "thing")
 
 
+def test_cli_missing_classes_file_is_named_once(tmp_path: Path) -> None:
+    from datakit.cli import main
+
+    write_rgb(tmp_path / "src/rgb/x.png", rgb_image(6, 8, 0))
+    write_depth(tmp_path / "src/depth/x.png", np.ones((6, 8), np.uint16))
+    missing = tmp_path / "missing.txt"
+    args = ["convert", "folder", str(tmp_path / "src"), str(tmp_path / "out"), "--rgb", "rgb/*",
+            "--depth", "depth/*", "--label", "rgb/*", "--classes", str(missing),
+            "--depth-scale", "0.001", "--depth-kind", "metric", "--no-progress"]  # fmt: skip
+    line = assert_one_line_error(CliRunner().invoke(main, args), missing, out=tmp_path / "out")
+    assert line == f"Error: {missing}: cannot read class names (No such file or directory)"
+
+
 def test_resize_and_bad_config(tmp_path: Path) -> None:
     write_rgb(tmp_path / "rgb/x.png", rgb_image(6, 8, 0))
     write_depth(tmp_path / "depth/x.png", np.arange(48, dtype=np.uint16).reshape(6, 8) + 1)

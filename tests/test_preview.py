@@ -37,7 +37,10 @@ from datakit.preview import (
     torch_pair_rule,
 )
 from datakit.preview_sheet import (
+    BACKGROUND,
     BOX_RGB,
+    HEADER_H,
+    IGNORE_RGB,
     INVALID_RGB,
     MARGIN,
     MAX_LEGEND,
@@ -148,9 +151,12 @@ def check_legends(result: PreviewResult) -> int:
             assert not rl.legend
             continue
         present = sorted(int(c) for c in np.unique(row.sample.label) if int(c) != ignore)
-        assert [e.class_id for e in rl.legend] == present
+        has_ignore = ignore is not None and bool(np.any(row.sample.label == ignore))
+        assert [e.class_id for e in rl.legend] == present + ([ignore] if has_ignore else [])
         for e in rl.legend:
-            if e.class_id < len(classes):
+            if e.class_id == ignore:  # last, in the grey ignore pixels are tinted towards
+                assert (e.name, e.rgb) == ("ignore", IGNORE_RGB)
+            elif e.class_id < len(classes):
                 assert e.name == classes[e.class_id][:20]
             s = e.swatch
             assert np.all(img[s.y : s.y2, s.x : s.x2] == e.rgb)
@@ -167,8 +173,19 @@ def check_size(result: PreviewResult, n: int) -> None:
     assert result.sheet.image.shape == (expected, layout.width, 3)
 
 
+def check_headers(result: PreviewResult) -> None:
+    """Each row's header ends inside the sheet's right margin: the band it is drawn in is background
+    there, and what is drawn still ends with the pair counts."""
+    img = result.sheet.image
+    for rl in result.sheet.layout.rows:
+        band = img[rl.rect.y : rl.rect.y + HEADER_H, img.shape[1] - MARGIN :]
+        assert np.all(band == BACKGROUND), (rl.key, rl.header_drawn)
+        assert rl.header_drawn.endswith("removed by depth"), rl.header_drawn
+
+
 def check_all(result: PreviewResult, n: int) -> None:
     check_size(result, n)
+    check_headers(result)
     check_depth_panels(result)
     assert check_crop_boxes(result) > 0
     check_legends(result)
@@ -484,6 +501,29 @@ def test_borehole_rows_have_depth_axis_and_azimuth_ticks(tmp_path: Path) -> None
                 x = p.x + round(deg / 360 * p.w)
                 assert np.all(img[p.y2 : p.y2 + 4, x] == MUTED), (name, deg)
     check_all(result, 2)
+
+
+def test_a_long_borehole_header_is_shortened_to_fit_its_row(tmp_path: Path) -> None:
+    """The real LWD log's name made the header run off the sheet ("...36 rem"): the id, which only
+    repeats the key, goes first, then long names are shortened in the middle."""
+    from converters.borehole import BoreholeConfig, BoreholeConverter
+    from tests.borehole_fixtures import channel_names, make_log, write_log
+
+    stem = "P11-A-02_Composite_MEM_Image_NF_with_a_much_longer_name_than_any_real_well_has"
+    path = write_log(make_log(rows=300), tmp_path / "logs", "las", stem=stem)
+    image, depth = channel_names("las")
+    conv = BoreholeConverter(
+        BoreholeConfig(src=str(path), image=image, depth=depth, window=64, stride=32, columns=64)
+    )
+    ds = tmp_path / "ds"
+    convert(conv, str(ds), ConvertConfig(progress=False))
+    result = render(ds, n=2)
+    check_headers(result)
+    for row, rl in zip(result.rows, result.sheet.layout.rows):
+        assert row.sample.key in rl.header and f"id {row.sample.meta['id']}" in rl.header
+        assert " id " not in rl.header_drawn and "..." in rl.header_drawn
+        assert rl.header_drawn.split("  ")[2].startswith("key P11-A-02_")
+        assert row.sample.key[-6:] in rl.header_drawn  # the window number stays
 
 
 # --- HTML in headless Chromium ------------------------------------------------------------------

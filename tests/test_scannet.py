@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -267,7 +268,7 @@ def test_corrupt_frames_are_skipped_with_reason(tmp_path: Path, spec: fx.SensSpe
     assert [k.reason.split(" at byte")[0] for k in skipped] == [
         f"scan scene0001_00: frame {i}" for i in (1, 2, 3)
     ]
-    assert "colour jpeg does not decode" in skipped[0].reason
+    assert "colour jpeg truncated: it ends before its end-of-image marker" in skipped[0].reason
     assert "does not inflate" in skipped[1].reason
     assert "inflates to 100 bytes, expected 80x60x2" in skipped[2].reason
 
@@ -631,3 +632,78 @@ def test_cli_workers_give_identical_shards(tmp_path: Path, spec: fx.SensSpec) ->
     assert names and names == sorted(p.name for p in outs[1].glob("*.tar"))
     for n in names:
         assert (outs[0] / n).read_bytes() == (outs[1] / n).read_bytes()
+
+
+def test_cli_cut_off_exported_frames_are_one_line_without_library_noise(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    """An exported colour JPEG or depth PNG cut short is one line naming the file and frame (libpng
+    prints its own "libpng error" lines to fd 2 otherwise): fatal under fail, counted under skip."""
+    import os
+    import subprocess
+    import sys
+
+    scene = tmp_path / "src" / "scans" / "scene0001_00"
+    fx.write_exported(scene, spec, frame_indices=range(4))
+    jpg, png = scene / "color" / "1.jpg", scene / "depth" / "2.png"
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    png.write_bytes(png.read_bytes()[:-20])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    args = [sys.executable, "-m", "datakit", "convert", "scannet", str(tmp_path / "src"),
+            str(tmp_path / "out"), "--frame-skip", "1", "--size", "80x60", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    reason = "truncated: the file ends before its end-of-image marker"
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {jpg}: scan scene0001_00: frame 1: {reason}"
+    ], proc.stderr
+    proc = subprocess.run(
+        [*args, "--on-error", "skip"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [
+        ln for ln in (proc.stdout + proc.stderr).splitlines() if not ln.startswith("2 samples")
+    ]
+    assert lines == [
+        f"skipped {jpg}: scan scene0001_00: frame 1: {reason}",
+        f"skipped {png}: scan scene0001_00: frame 2: {reason}",
+    ]
+
+
+def test_cut_off_png_colour_and_label_in_a_sens_scan_are_skipped(
+    tmp_path: Path, spec: fx.SensSpec
+) -> None:
+    """A .sens with PNG colour (compression 1) whose frame 1 PNG is cut short, and a label PNG cut
+    short in the label zip: each skipped naming the file and frame, before libpng sees it."""
+    frames = []
+    for fr in spec.frames[:4]:
+        rgb = cv2.imdecode(np.frombuffer(fr.color, np.uint8), cv2.IMREAD_COLOR)
+        ok, buf = cv2.imencode(".png", rgb)
+        assert ok
+        frames.append(replace(fr, color=buf.tobytes()))
+    frames[1] = replace(frames[1], color=frames[1].color[:-20])
+    folder = _scene(tmp_path, replace(spec, frames=frames, color_compression=1))
+    ids = np.ones(spec.depth_size[::-1], np.uint16)
+    labels = fx.write_label_zip(
+        folder / "scene0001_00_2d-label-filt.zip", {i: ids for i in range(4)}
+    )
+    with zipfile.ZipFile(labels) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    cut_name = next(n for n in members if n.endswith("/2.png") or n == "2.png")
+    members[cut_name] = members[cut_name][:-20]
+    with zipfile.ZipFile(labels, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    fx.write_label_map(tmp_path / "scannetv2-labels.combined.tsv")
+    samples, skipped = _samples(tmp_path, frame_skip=1, labels=True)
+    assert [s.meta["frame"] for s in samples] == [0, 3]
+    sens = folder / "scene0001_00.sens"
+    assert [k.source for k in skipped] == [str(sens), str(labels)]
+    assert skipped[0].reason.startswith("scan scene0001_00: frame 1 at byte ")
+    assert skipped[0].reason.endswith(
+        ": colour png truncated: it ends before its end-of-image marker"
+    )
+    assert skipped[1].reason == (
+        f"scan scene0001_00: frame 2: label {cut_name} is truncated: it ends before its "
+        "end-of-image marker"
+    )

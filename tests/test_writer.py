@@ -379,7 +379,8 @@ def test_on_error_skip_logs_and_counts(tmp_path):
     info = json.loads((out / "_info.json").read_text())
     assert info["errors"] == {"skipped": 2, "log": "errors.jsonl"}
     log = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
-    assert [e["source"] for e in log] == ["u2", "/data/file4.bin#frame1"]
+    # a unit's SourceError: its file is the source (not the unit id, which would name it twice)
+    assert [e["source"] for e in log] == ["/data/file2.bin", "/data/file4.bin#frame1"]
     assert "truncated at byte 12" in log[0]["reason"]
     assert [s.key for s in open_dataset(str(out))] == ["s0", "s1", "s3", "s4", "s5"]
 
