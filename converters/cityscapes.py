@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import CUT_OFF, cut_off, resize_nearest, resize_rgb, scale_intrinsics
+from converters.imaging import read_image, resize_nearest, resize_rgb, scale_intrinsics
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample
 
@@ -315,17 +315,7 @@ def _read(path: str, flags: int) -> np.ndarray:
     its own error lines) or not a PNG."""
     if not os.path.isfile(path):
         raise SourceError(path, "missing")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise SourceError(path, f"does not read ({exc.strerror})") from None
-    if cut_off(data):
-        raise SourceError(path, CUT_OFF)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
-    if img is None:
-        raise SourceError(path, "not a readable PNG")
-    return img
+    return read_image(path, flags, "PNG")
 
 
 def _same_size(arr: np.ndarray, path: str, hw: tuple[int, int], image_path: str) -> None:

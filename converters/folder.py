@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from converters.base import SIZE, Converter, LabelSet, Skipped, SourceInfo, WorkUnit, make_meta
-from converters.imaging import CUT_OFF, cut_off, resize_nearest, resize_rgb
+from converters.imaging import read_image, resize_nearest, resize_rgb
 from datakit import png
 from datakit.errors import SourceError, UsageError
 from datakit.schema import Sample, labels_outside
@@ -164,7 +164,7 @@ class FolderConverter(Converter):
         depth_path = os.path.join(cfg.src, pair.depth)
         # stored pixel order, as the depth map's: no EXIF rotation (a rotated photo would not
         # line up with its depth)
-        bgr = _imread(rgb_path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        bgr = read_image(rgb_path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         h, w = rgb.shape[:2]
         values = read_array(depth_path)
@@ -365,21 +365,6 @@ def _is_palette_png(path: str) -> bool:
     return head is not None and head[3] == 3
 
 
-def _imread(path: str, flags: int) -> np.ndarray:
-    """cv2.imread that refuses a cut-off JPEG or PNG (decoded to grey otherwise); SourceError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise SourceError(path, f"does not read ({exc.strerror})") from None
-    if cut_off(data):
-        raise SourceError(path, CUT_OFF)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
-    if img is None:
-        raise SourceError(path, "not a readable image")
-    return img
-
-
 def read_array(path: str) -> np.ndarray:
     """A single-channel depth/label file as a 2-D array of its own dtype; SourceError otherwise."""
     ext = os.path.splitext(path)[1].lower()
@@ -397,7 +382,7 @@ def read_array(path: str) -> np.ndarray:
         except OSError as exc:
             raise SourceError(path, f"not a readable PNG: {exc}") from None
     else:
-        arr = _imread(path, cv2.IMREAD_UNCHANGED)
+        arr = read_image(path, cv2.IMREAD_UNCHANGED)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:

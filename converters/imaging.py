@@ -6,6 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from datakit.errors import SourceError
+
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 -> (H', W', 3) with area averaging when shrinking, bilinear when enlarging."""
@@ -67,3 +69,20 @@ def cut_off(data: bytes) -> bool:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return data.rfind(b"IEND") < 0
     return False
+
+
+def read_image(path: str, flags: int, kind: str = "image") -> np.ndarray:
+    """``path`` decoded by OpenCV with ``flags``; :class:`SourceError` naming it when it does not
+    read, is cut off (:func:`cut_off`, before the decoder greys it or prints its own lines) or is
+    not a readable ``kind``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError(path, f"does not read ({exc.strerror})") from None
+    if cut_off(data):
+        raise SourceError(path, CUT_OFF)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None:
+        raise SourceError(path, f"not a readable {kind}")
+    return img
