@@ -163,6 +163,11 @@ def read_info(location: Location) -> DatasetInfo:
             raise DatasetIncomplete(
                 f"{location.display}: no such dataset (nothing stored under this URL)"
             ) from None
+        if missing and PARTS_DIR in location.listdir():  # --part runs: joined by merge alone
+            raise DatasetIncomplete(
+                f"{location.display}: no {INFO_NAME}: converted in parts ({PARTS_DIR}/) that are "
+                f"not merged yet; run `datakit merge {location.display}` once every part is done"
+            ) from None
         if missing:
             raise DatasetIncomplete(
                 f"{location.display}: no {INFO_NAME}: the dataset is incomplete "

@@ -37,13 +37,26 @@ def merge(out: str) -> dict[str, Any]:
     have = sorted(p["args"]["part"] for p in parts)
     missing = sorted(set(range(num_parts)) - set(have))
     if missing:
+        which = "part" if len(missing) == 1 else "parts"
+        verb = "is" if len(missing) == 1 else "are"
         raise DatakitError(
-            f"{loc.display}: parts {', '.join(map(str, missing))} of {num_parts} are not finished"
+            f"{loc.display}: {which} {', '.join(map(str, missing))} of {num_parts} {verb} not "
+            "finished"
         )
     base_args = {k: v for k, v in parts[0]["args"].items() if k != "part"}
     for p in parts:
-        if {k: v for k, v in p["args"].items() if k != "part"} != base_args:
-            raise DatakitError(f"{loc.display}: part {p['args']['part']} used other arguments")
+        args = {k: v for k, v in p["args"].items() if k != "part"}
+        if (
+            args != base_args
+        ):  # name what differs: among hundreds of array jobs, one was launched apart
+            keys = sorted(
+                k for k in args.keys() | base_args.keys() if args.get(k) != base_args.get(k)
+            )
+            what = ", ".join(f"{k} {args.get(k)!r}, not {base_args.get(k)!r}" for k in keys[:3])
+            raise DatakitError(
+                f"{loc.display}: part {p['args']['part']} used other arguments than part "
+                f"{parts[0]['args']['part']} ({what})"
+            )
     parts.sort(key=lambda p: p["args"]["part"])
     entries: list[ShardEntry] = []
     split_order: list[str] = []

@@ -451,3 +451,21 @@ def test_demo_trains_and_evaluates(tmp_path: Path) -> None:
     assert "summary" in r.output and "random init" in r.output
     for name in ("run/last.pt", "eval-pretrained.json", "eval-random.json", "preview.png"):
         assert (out / name).exists(), name
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """The demo replaces OUT/run and OUT/data: a user's folder holding a run of that name is left
+    alone, and a count that would leave no training sample is refused before any work."""
+    out = tmp_path / "project"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "last.pt").write_bytes(b"a user's run")
+    r = CliRunner().invoke(main, ["demo", "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"Error: --out {out}: holds files not made")
+    assert (
+        sorted(os.listdir(out)) == ["run"]
+        and (out / "run" / "last.pt").read_bytes() == b"a user's run"
+    )
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "new"), "--num", "0"])
+    assert r.exit_code == 2 and "'--num': 0 is not in the range" in r.output, r.output
+    assert not (tmp_path / "new").exists()

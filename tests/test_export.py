@@ -107,6 +107,33 @@ def test_export_rejects_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     assert f"{text}: not a readable checkpoint" in res.output
 
 
+def test_unreadable_checkpoint_is_named_by_its_cause_alone(tmp_path: Path) -> None:
+    """A last.pt cut short or a file of junk: one line with torch's cause, neither its advice to
+    load with weights_only=False nor its text cut off mid-sentence."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"format": "datakit-train/1", "w": torch.zeros(4096)}, whole)
+    cut = tmp_path / "last.pt"
+    cut.write_bytes(whole.read_bytes()[:4000])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage\n")
+    for path, cause in ((cut, "failed finding central directory"), (junk, "Unsupported operand")):
+        res = CliRunner().invoke(main, ["export", str(path), str(tmp_path / "o.pth")])
+        assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+        assert f"{path}: not a readable checkpoint (" in res.output and cause in res.output
+        assert "weights_only" not in res.output and "miniz" not in res.output, res.output
+
+
+def test_detectron2_export_as_weights_is_named(tmp_path: Path) -> None:
+    from datakit.errors import DatakitError
+
+    ckpt, _ = make_checkpoint(tmp_path, "resnet18")
+    out = tmp_path / "d2.pth"
+    res = CliRunner().invoke(main, ["export", str(ckpt), str(out), "--format", "detectron2"])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(DatakitError, match=r"d2\.pth: not a ResNet state dict .*detectron2"):
+        build_backbone("resnet18", weights=str(out))
+
+
 def test_weights_of_another_arch_are_refused(tmp_path: Path) -> None:
     from datakit.errors import DatakitError
 

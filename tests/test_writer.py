@@ -526,3 +526,22 @@ def test_parts_keep_and_remove_only_their_own_key_lists(tmp_path):
     assert not (out / "_keys").exists()
     assert merge(str(out))["splits"]["train"]["num_samples"] == 8
     assert [s.key for s in open_dataset(str(out))] == [f"s{i}" for i in range(8)]
+
+
+def test_merge_names_the_argument_a_part_changed(tmp_path):
+    for i, seed in ((0, 0), (1, 3)):
+        cfg = SyntheticConfig(num=4, size=(48, 36), per_unit=2, seed=seed)
+        convert(
+            SyntheticConverter(cfg),
+            str(tmp_path),
+            ConvertConfig(progress=False, part=i, num_parts=2),
+        )
+    with pytest.raises(
+        DatakitError, match=r"part 1 used other arguments than part 0 \(seed 3, not 0\)"
+    ):
+        merge(str(tmp_path))
+    (tmp_path / "_parts" / "part-001.json").unlink()
+    with pytest.raises(DatakitError, match="part 1 of 2 is not finished"):
+        merge(str(tmp_path))
+    with pytest.raises(DatakitError, match=f"not merged yet; run `datakit merge {tmp_path}`"):
+        open_dataset(str(tmp_path))  # not "rerun it with --resume": a part's resume does nothing

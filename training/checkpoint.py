@@ -94,9 +94,19 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means a bad file for the user
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0][:200] if lines else type(exc).__name__  # torch's own text runs to pages
-        raise DatakitError(f"{path}: not a readable {what} ({reason})") from None
+        raise DatakitError(f"{path}: not a readable {what} ({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """The cause in ``torch.load``'s message, in one short clause: its own text runs to pages, and
+    the weights-only preamble advises ``weights_only=False``, which is never right for a bad file."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return f"{type(exc).__name__}: cut short or empty"
+    return lines[0].split(". ")[0].rstrip(".")[:200]
 
 
 def load(path: str | Path) -> dict[str, Any]:

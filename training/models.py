@@ -91,7 +91,15 @@ def read_backbone_state(path: str, what: str = "weights file") -> dict[str, Tens
     if isinstance(obj, dict) and isinstance(obj.get("backbone"), dict):
         obj = obj["backbone"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise DatakitError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        found = f"keys {', '.join(map(str, list(obj)[:4]))}" if isinstance(obj, dict) else None
+        hint = (
+            "; detectron2's layout: pass RUN/last.pt or a torchvision-format export"
+            if isinstance(obj, dict) and "matching_heuristics" in obj
+            else ""
+        )
+        raise DatakitError(
+            f"{path}: not a ResNet state dict (holds {found or type(obj).__name__}){hint}"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
 
 

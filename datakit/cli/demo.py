@@ -8,14 +8,31 @@ import os
 import click
 
 from datakit.cli.data import info, preview, verify
+from datakit.errors import UsageError
 from datakit.urls import check_writable
+
+# Left in --out by the demo: a folder that holds files but not this is not the demo's to replace
+# (it deletes OUT/run and rewrites OUT/data).
+MARKER = ".datakit-demo"
 
 
 @click.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--num", default=64, show_default=True, help="Synthetic train samples.")
-@click.option("--val", default=16, show_default=True, help="Synthetic val samples.")
-@click.option("--workers", default=2, show_default=True)
+@click.option(
+    "--num",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Synthetic train samples.",
+)
+@click.option(
+    "--val",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Synthetic val samples.",
+)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option(
     "--steps",
     default=20,
@@ -33,6 +50,14 @@ def demo(out: str, num: int, val: int, workers: int, steps: int, device: str) ->
     from datakit.writer import convert as run_convert
 
     check_writable(out, "--out", local_only=True)
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
+        raise UsageError(
+            f"--out {out}: holds files not made by datakit demo, which replaces OUT/data and "
+            "OUT/run; pass a new or empty folder"
+        )
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write("outputs of datakit demo: a rerun replaces them\n")
     data = os.path.join(out, "data")
     click.echo(f"[1] convert synthetic -> {data}")
     res = run_convert(
