@@ -47,12 +47,13 @@ class Skipped:
         if not self:
             return ""
         return (
-            f"; skipped {_count(self.shards, 'shard')}, {_count(self.samples, 'sample')} "
+            f"; skipped {plural(self.shards, 'shard')}, {plural(self.samples, 'sample')} "
             f"(see the log lines above)"
         )
 
 
-def _count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
+    """``1 shard``, ``2 shards``: a count with its noun in the right number."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 

@@ -351,7 +351,7 @@ def test_cli_cut_off_png_is_one_line_without_libpng_noise(tmp_path: Path, member
     )
     assert proc.returncode == 0, proc.stderr
     lines = [
-        ln for ln in (proc.stdout + proc.stderr).splitlines() if not ln.startswith("1 samples")
+        ln for ln in (proc.stdout + proc.stderr).splitlines() if not ln.startswith("1 sample in")
     ]
     assert lines == [f"skipped {cut}: {reason}"]
     info = json.loads((tmp_path / "out" / "_info.json").read_text())

@@ -306,9 +306,18 @@ def test_eval_json_records_the_resolved_config(synthetic_dataset: Path, tmp_path
     plain = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), plain)
     cfg = EvalConfig(data=str(synthetic_dataset), checkpoint=str(plain), image_size=32, max_train=4)
-    assert cfg.arch == "resnet50" and cfg.epochs is None and cfg.lr is None
+    assert cfg.arch is None and cfg.epochs is None and cfg.lr is None
     r = evaluate(cfg)
     assert r["arch"] == "resnet18" and r["config"]["arch"] == "resnet18"
+    # --arch naming another architecture than the checkpoint's: refused before the data is read
+    res = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(tmp_path / "no-such-data"), "--checkpoint", str(plain),
+         "--arch", "resnet50", "--out", str(tmp_path / "x.json")],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert f"--arch resnet50: {plain} holds a resnet18 backbone" in res.output
+    assert not (tmp_path / "x.json").exists()
     assert r["config"]["epochs"] == r["epochs"] == 30 and r["config"]["lr"] == 0.01
     assert r["config"]["eval_split"] == r["eval_split"] == "val"
 

@@ -320,7 +320,7 @@ def test_cli_label_values_outside_the_classes_are_bad_input(tmp_path: Path) -> N
     assert lines[0].startswith(f"Error: {tmp_path / 'src/label/x.png'}: label value(s) 7 outside")
     assert not out.exists()
     res = CliRunner().invoke(main, [*args, str(out), "--on-error", "skip"])
-    assert res.exit_code == 0 and "1 samples in 1 shards" in res.output, res.output
+    assert res.exit_code == 0 and "1 sample in 1 shard" in res.output, res.output
     info, got = read_converted(out)
     assert info["errors"]["skipped"] == 1 and set(got) == {"y"}
     res = CliRunner().invoke(main, ["verify", "-q", str(out)])
@@ -383,7 +383,7 @@ def test_cli_truncated_jpeg_and_png_are_refused_not_greyed(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     lines = (proc.stdout + proc.stderr).splitlines()
-    assert [ln for ln in lines if not ln.startswith("1 samples")] == [
+    assert [ln for ln in lines if not ln.startswith("1 sample in")] == [
         f"skipped {src / 'rgb/1.jpg'}: {reason}",
         f"skipped {src / 'depth/2.png'}: {reason}",
     ]

@@ -722,6 +722,6 @@ def test_cut_or_missing_shard_is_named_or_skipped_with_on_shard_error(
     assert len(logged) == 2 and logged[0].startswith(f"skipping shard: {cut}: size "), logged
     assert logged[1] == f"skipping shard: {gone}: unreadable shard (no such file or directory)"
     assert (
-        "16 samples from 4 shards" in res.output and "(2 unreadable shard(s) skipped)" in res.output
+        "16 samples from 4 shards" in res.output and "(2 unreadable shards skipped)" in res.output
     )
     assert sheet.exists()

@@ -63,7 +63,7 @@ class EvalConfig:
     checkpoint: str | None = None  # RUN/last.pt or a torchvision-style state dict (datakit export)
     out: str | None = None  # EVAL.json
     protocol: str = "linear"
-    arch: str = "resnet50"  # for random init; a checkpoint names its own architecture
+    arch: str | None = None  # random init: [resnet50]; a checkpoint names its own (must agree)
     levels: tuple[str, ...] = ("c5",)  # ("c3", "c4", "c5"): the concatenated feature maps
     train_split: str = "train"
     eval_split: str | None = None  # None: val, or a hold-out of train_split when there is no val
@@ -92,7 +92,8 @@ def validate(cfg: EvalConfig) -> None:
         raise UsageError(f"protocol {cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if not cfg.levels or set(cfg.levels) - set(LEVELS):
         raise UsageError(
-            f"levels must be a non-empty subset of {', '.join(LEVELS)}, got {cfg.levels}"
+            f"--levels must be a non-empty subset of {', '.join(LEVELS)} (comma-separated), "
+            f"got {','.join(cfg.levels) or 'none'}"
         )
     if cfg.on_error not in ("fail", "skip"):
         raise UsageError(f"on_error {cfg.on_error!r} is not one of fail, skip")
@@ -144,17 +145,34 @@ def build_config(*layers: tuple[str, Mapping[str, Any]]) -> EvalConfig:
 
 
 def load_backbone(
-    checkpoint: str | None, levels: tuple[str, ...] = ("c5",), *, arch: str = "resnet50"
+    checkpoint: str | None,
+    levels: tuple[str, ...] = ("c5",),
+    *,
+    arch: str | None = None,
+    state: dict[str, Any] | None = None,
 ) -> Backbone:
     """The backbone of a ``RUN/last.pt`` (its ``backbone`` entry) or of a plain torchvision ResNet
-    state dict (``fc.*`` ignored, architecture read from the keys), returning ``levels``; a randomly
-    initialised ``arch`` when ``checkpoint`` is None. Raises DatakitError for a missing or unfit file."""
+    state dict (``fc.*`` ignored, architecture read from the keys; ``state`` when already read),
+    returning ``levels``; a randomly initialised ``arch`` (resnet50) when ``checkpoint`` is None.
+    Raises DatakitError for a missing or unfit file, UsageError for an ``arch`` it does not hold."""
     if checkpoint is None:
-        return Backbone(arch, levels)
-    state = read_backbone_state(checkpoint, "checkpoint")
-    backbone = Backbone(arch_of_state(state), levels)
+        return Backbone(arch or "resnet50", levels)
+    if state is None:
+        state = read_backbone_state(checkpoint, "checkpoint")
+    backbone = Backbone(_held_arch(checkpoint, state, arch), levels)
     load_backbone_weights(backbone, checkpoint, state)
     return backbone
+
+
+def _held_arch(checkpoint: str, state: dict[str, Any], arch: str | None) -> str:
+    """The architecture ``state`` holds; UsageError when ``arch`` (--arch) names another."""
+    held = arch_of_state(state)
+    if arch is not None and arch != held:
+        raise UsageError(
+            f"--arch {arch}: {checkpoint} holds a {held} backbone (a checkpoint names its own "
+            f"architecture; leave --arch out)"
+        )
+    return held
 
 
 # --- the protocols -----------------------------------------------------------------------------
@@ -250,8 +268,12 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     from datakit.reader import open_dataset
 
     validate(cfg)
-    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
-        raise DatakitError(f"{cfg.checkpoint}: no such checkpoint")  # before any data is read
+    state = None  # the checkpoint is read, and its architecture checked, before any data is
+    if cfg.checkpoint is not None:
+        if not Path(cfg.checkpoint).is_file():
+            raise DatakitError(f"{cfg.checkpoint}: no such checkpoint")
+        state = read_backbone_state(cfg.checkpoint, "checkpoint")
+        _held_arch(cfg.checkpoint, state, cfg.arch)
     t0 = time.perf_counter()
     ds = open_dataset(cfg.data)
     label_set = ds.info.labels
@@ -318,7 +340,7 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
 
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.checkpoint, cfg.levels, arch=cfg.arch).to(device)
+    backbone = load_backbone(cfg.checkpoint, cfg.levels, arch=cfg.arch, state=state).to(device)
     if cfg.recalibrate_bn:
         recalibrate_bn(backbone, train, device, cfg.batch_size)
     defaults = PROTOCOL_DEFAULTS[cfg.protocol]

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from datakit.errors import UsageError
+from datakit.skips import plural
 from datakit.urls import check_writable
 
 
@@ -140,13 +141,13 @@ def _convert_command(name: str) -> click.Command:
             kept = "; already complete, nothing converted"
         elif result.kept_shards:
             kept = (
-                f"; {result.kept_samples} samples in {result.kept_shards} shards kept from the "
+                f"; {plural(result.kept_samples, 'sample')} in {plural(result.kept_shards, 'shard')} kept from the "
                 f"earlier run"
             )
         else:
             kept = ""
         click.echo(
-            f"{result.num_samples} samples in {len(result.shards)} shards -> {result.location} "
+            f"{plural(result.num_samples, 'sample')} in {plural(len(result.shards), 'shard')} -> {result.location} "
             f"({result.seconds:.1f} s"
             + (f", {result.skipped} skipped: see errors.jsonl" if result.skipped else "")
             + f"{kept}); manifest {result.manifest}"
@@ -190,8 +191,8 @@ def merge(out: str) -> None:
 
     info = merge_parts(out)
     click.echo(
-        f"merged {len(info['shards'])} shards, "
-        f"{sum(s['num_samples'] for s in info['shards'])} samples -> {out}/_info.json"
+        f"merged {plural(len(info['shards']), 'shard')}, "
+        f"{plural(sum(s['num_samples'] for s in info['shards']), 'sample')} -> {out}/_info.json"
     )
 
 
@@ -229,7 +230,7 @@ def info(dataset: str, as_json: bool) -> None:
     click.echo(f"dataset   {inf.name}  ({loc.display})")
     click.echo(f"source    {inf.source}   created by {r.get('created_by', '?')}")
     click.echo(
-        f"samples   {inf.num_samples()} in {len(inf.shards)} shards, {_human(inf.total_bytes())}"
+        f"samples   {inf.num_samples()} in {plural(len(inf.shards), 'shard')}, {_human(inf.total_bytes())}"
     )
     width = max((len(s) for s in inf.splits), default=0)
     for split in inf.splits:
@@ -280,7 +281,7 @@ def verify(dataset: str, quiet: bool) -> None:
         click.echo(f"{len(report.faults)} fault(s) in {report.location}", err=True)
         sys.exit(1)
     click.echo(
-        f"OK: {report.shards} shards, {report.samples} samples, {_human(report.bytes)} "
+        f"OK: {plural(report.shards, 'shard')}, {plural(report.samples, 'sample')}, {_human(report.bytes)} "
         f"verified in {report.location}"
     )
 
@@ -322,8 +323,9 @@ def preview(dataset: str, out: str, html: str | None, n: int, seed: int, split: 
     )
     skipped = result.stats.shards_skipped
     click.echo(
-        f"{len(result.rows)} samples from {len(result.stats.shards_opened) - len(skipped)} shards "
+        f"{plural(len(result.rows), 'sample')} from "
+        f"{plural(len(result.stats.shards_opened) - len(skipped), 'shard')} "
         f"-> {out}"
         + (f", {html}" if html else "")
-        + (f" ({len(skipped)} unreadable shard(s) skipped)" if skipped else "")
+        + (f" ({plural(len(skipped), 'unreadable shard')} skipped)" if skipped else "")
     )

@@ -154,7 +154,7 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
     "--arch",
     type=click.Choice(["resnet18", "resnet50"]),
     default=None,
-    help="With --random-init (a checkpoint names its own) [resnet50].",
+    help="With --random-init [resnet50]; with --checkpoint, must be the one it holds.",
 )
 @click.option(
     "--levels", default=None, help="Feature maps: c5 (default) or c3,c4,c5 (concatenated)."
