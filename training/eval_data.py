@@ -19,9 +19,7 @@ from torch import Tensor
 from datakit import skips
 from datakit.errors import DatakitError
 from datakit.skips import Skipped
-
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as the training views use
-STD = (0.229, 0.224, 0.225)
+from datakit.views import IMAGENET_MEAN, IMAGENET_STD  # as the training views
 
 
 @dataclass(frozen=True)
@@ -151,6 +149,6 @@ def read_split(
 
 def normalise(images: Tensor) -> Tensor:
     """(B, 3, H, W) uint8 -> float32 normalised with ImageNet statistics."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
