@@ -69,7 +69,8 @@ class Scale:
     arch: str = "resnet18"
     steps: int = 400
     batch_size: int = 64
-    image_size: int = 128  # pretraining views; the probe's short side too
+    image_size: int = 128  # pretraining views; the probe's short side too, unless:
+    eval_image_size: int | None = None  # the probe's short side when not the views' size
     eval_epochs: int = 30
     eval_batch_size: int = 32
     workers: int = 4  # loader processes per run
@@ -200,7 +201,7 @@ def run_one(
                     "--levels",
                     levels,
                     "--image-size",
-                    str(sc.image_size),
+                    str(sc.eval_image_size or sc.image_size),
                     "--epochs",
                     str(sc.eval_epochs),
                     "--batch-size",
