@@ -46,9 +46,7 @@ def merge(out: str) -> dict[str, Any]:
     base_args = {k: v for k, v in parts[0]["args"].items() if k != "part"}
     for p in parts:
         args = {k: v for k, v in p["args"].items() if k != "part"}
-        if (
-            args != base_args
-        ):  # name what differs: among hundreds of array jobs, one was launched apart
+        if args != base_args:  # name what differs: of many array jobs, one was launched apart
             keys = sorted(
                 k for k in args.keys() | base_args.keys() if args.get(k) != base_args.get(k)
             )
