@@ -140,14 +140,16 @@ def _convert_command(name: str) -> click.Command:
         if result.finished_before:
             kept = "; already complete, nothing converted"
         elif result.kept_shards:
-            kept = (
-                f"; {plural(result.kept_samples, 'sample')} in {plural(result.kept_shards, 'shard')} kept from the "
-                f"earlier run"
+            samples, shards = (
+                plural(result.kept_samples, "sample"),
+                plural(result.kept_shards, "shard"),
             )
+            kept = f"; {samples} in {shards} kept from the earlier run"
         else:
             kept = ""
         click.echo(
-            f"{plural(result.num_samples, 'sample')} in {plural(len(result.shards), 'shard')} -> {result.location} "
+            f"{plural(result.num_samples, 'sample')} in {plural(len(result.shards), 'shard')} "
+            f"-> {result.location} "
             f"({result.seconds:.1f} s"
             + (f", {result.skipped} skipped: see errors.jsonl" if result.skipped else "")
             + f"{kept}); manifest {result.manifest}"
@@ -230,7 +232,8 @@ def info(dataset: str, as_json: bool) -> None:
     click.echo(f"dataset   {inf.name}  ({loc.display})")
     click.echo(f"source    {inf.source}   created by {r.get('created_by', '?')}")
     click.echo(
-        f"samples   {inf.num_samples()} in {plural(len(inf.shards), 'shard')}, {_human(inf.total_bytes())}"
+        f"samples   {inf.num_samples()} in {plural(len(inf.shards), 'shard')}, "
+        f"{_human(inf.total_bytes())}"
     )
     width = max((len(s) for s in inf.splits), default=0)
     for split in inf.splits:
@@ -281,7 +284,8 @@ def verify(dataset: str, quiet: bool) -> None:
         click.echo(f"{len(report.faults)} fault(s) in {report.location}", err=True)
         sys.exit(1)
     click.echo(
-        f"OK: {plural(report.shards, 'shard')}, {plural(report.samples, 'sample')}, {_human(report.bytes)} "
+        f"OK: {plural(report.shards, 'shard')}, {plural(report.samples, 'sample')}, "
+        f"{_human(report.bytes)} "
         f"verified in {report.location}"
     )
 
