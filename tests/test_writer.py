@@ -228,7 +228,9 @@ def test_sigkill_during_parallel_conversion_then_resume(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     kept = re.search(r"; (\d+) samples in (\d+) shards kept from the earlier run\)", res.stdout)
-    assert kept and int(kept[2]) >= 3 and int(kept[1]) == 4 * int(kept[2]), res.stdout
+    # killed once 3 shards were on disk: the last may not have its progress entry yet (an entry
+    # follows its shard), so at least the 2 before it are kept
+    assert kept and int(kept[2]) >= 2 and int(kept[1]) == 4 * int(kept[2]), res.stdout
     assert shard_hashes(out) == shard_hashes(ref)
     assert sorted(os.listdir(out)) == sorted(os.listdir(ref))  # no temporaries, no progress file
 
