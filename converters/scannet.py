@@ -333,7 +333,7 @@ def _color_problem(data: bytes, header: SensHeader) -> str | None:
     end marker (:func:`converters.imaging.cut_off`) is refused before it reaches the decoder."""
     if header.color_compression in ("jpeg", "png") and cut_off(data):
         kind = header.color_compression
-        return f"colour {kind} truncated: it ends before its end-of-image marker"
+        return f"colour {kind} {CUT_OFF}"
     size = None
     if header.color_compression == "jpeg":
         size = jpeg_size(data)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from converters.base import LabelSet
-from converters.imaging import cut_off, resize_nearest
+from converters.imaging import CUT_OFF, cut_off, resize_nearest
 from converters.sens import SensReader
 from datakit.errors import SourceError
 from datakit.schema import KEY_PATTERN
@@ -131,7 +131,7 @@ class LabelSource:
         except (OSError, zipfile.BadZipFile, zlib.error) as exc:
             return f"label {name} does not read: {exc}"
         if cut_off(data):  # libpng would print its own error lines
-            return f"label {name} is truncated: it ends before its end-of-image marker"
+            return f"label {name} is {CUT_OFF}"
         ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
         if ids is None or ids.ndim != 2 or ids.dtype not in (np.uint8, np.uint16):
             return f"label {name} is not a single-channel PNG"

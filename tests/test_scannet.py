@@ -268,7 +268,9 @@ def test_corrupt_frames_are_skipped_with_reason(tmp_path: Path, spec: fx.SensSpe
     assert [k.reason.split(" at byte")[0] for k in skipped] == [
         f"scan scene0001_00: frame {i}" for i in (1, 2, 3)
     ]
-    assert "colour jpeg truncated: it ends before its end-of-image marker" in skipped[0].reason
+    assert (
+        "colour jpeg truncated: the file ends before its end-of-image marker" in skipped[0].reason
+    )
     assert "does not inflate" in skipped[1].reason
     assert "inflates to 100 bytes, expected 80x60x2" in skipped[2].reason
 
@@ -701,9 +703,9 @@ def test_cut_off_png_colour_and_label_in_a_sens_scan_are_skipped(
     assert [k.source for k in skipped] == [str(sens), str(labels)]
     assert skipped[0].reason.startswith("scan scene0001_00: frame 1 at byte ")
     assert skipped[0].reason.endswith(
-        ": colour png truncated: it ends before its end-of-image marker"
+        ": colour png truncated: the file ends before its end-of-image marker"
     )
     assert skipped[1].reason == (
-        f"scan scene0001_00: frame 2: label {cut_name} is truncated: it ends before its "
+        f"scan scene0001_00: frame 2: label {cut_name} is truncated: the file ends before its "
         "end-of-image marker"
     )
