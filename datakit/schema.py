@@ -84,13 +84,18 @@ def _encode_map_png(image: np.ndarray, **_: Any) -> bytes:
 
 # OpenCV >= 4.10 decodes straight to RGB, sparing a BGR -> RGB copy of the whole frame.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# Pixels as stored: an EXIF orientation tag would turn RGB away from its depth and label PNGs (and
+# from nvJPEG's decode on the GPU path), which OpenCV applies by default.
+_IMREAD_FLAGS = (_IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR) | (
+    cv2.IMREAD_IGNORE_ORIENTATION
+)
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
     if not data:  # cv2.imdecode raises cv2.error (not None) on an empty buffer
         raise SampleError("image bytes do not decode (empty member)")
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    img = cv2.imdecode(buf, _IMREAD_FLAGS)
     if img is None or img.ndim != 3:
         raise SampleError("image bytes do not decode")
     return img if _IMREAD_RGB is not None else np.ascontiguousarray(img[..., ::-1])

@@ -178,6 +178,35 @@ def test_gpu_path_decodes_a_grayscale_jpeg_to_three_equal_channels():
     assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - cpu.astype(int)).max() <= 1
 
 
+def test_a_jpeg_exif_orientation_tag_leaves_rgb_as_stored_on_both_paths(
+    synthetic_dataset, tmp_path
+):
+    """A JPEG member with an EXIF orientation tag (the writer makes none; a foreign shard may) is
+    read as stored, in the pixel order of its depth and label PNGs and of the metadata's width and
+    height, by both paths: OpenCV's default decode applies the tag (here a 180 degree turn), which
+    turned the CPU path's RGB away from its depth and from the GPU path's nvJPEG decode."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    member = "train_000001.rgb.jpg"
+    shard = sorted(synthetic_dataset.glob("train-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 3  # orientation: rotate 180 degrees to display
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=100, exif=exif.tobytes())
+    with_bad_member(synthetic_dataset, tmp_path / "exif", member, buf.getvalue())
+    sample = next(s for s in datakit.open_dataset(tmp_path / "exif") if s.key == "train_000001")
+    assert np.abs(sample.rgb.astype(int) - stored.astype(int)).mean() < 2.0
+    check_gpu_path(tmp_path / "exif", "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_path_agrees_with_cpu_path(synthetic_dataset):
