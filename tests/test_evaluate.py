@@ -451,6 +451,109 @@ def test_a_sample_without_label_is_skipped_and_counted_or_one_error_line(
     assert lines[-1] == f"Error: {shard}: sample train_000001 has no label member", r.output
 
 
+def _png(label: object) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def test_a_label_value_outside_the_label_set_is_one_error_line_or_skipped(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """A label pixel that is neither a class (0..5) nor ignore_index is bad input (as the folder
+    converter treats it): one line naming the shard and sample, or skipped and counted."""
+    import numpy as np
+
+    from tests.conftest import with_bad_member
+
+    label = np.zeros((72, 96), np.uint8)
+    label[10:20, 10:20] = 9  # synthetic6 has classes 0..5, ignore 255
+    shard = with_bad_member(
+        synthetic_dataset, tmp_path / "bad", "train_000001.label.png", _png(label)
+    )
+    out = tmp_path / "e.json"
+    args = [
+        "eval", "--data", str(tmp_path / "bad"), "--random-init", "--arch", "resnet18",
+        "--image-size", "32", "--epochs", "1", "--out", str(out),
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = r.output.strip().splitlines()
+    assert lines[-1].startswith(f"Error: {shard}: sample train_000001: label value 9 "), r.output
+    assert not out.exists()
+    r = CliRunner().invoke(main, [*args, "--on-error", "skip"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["skipped"] == {"shards": 0, "samples": 1} and result["num_train"] == 15
+
+
+def test_a_label_set_without_classes_is_one_error_line(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """``datakit convert folder --label`` without --classes writes an empty class list: eval needs
+    one, and says so (was a traceback from a 0-channel conv)."""
+    data = tmp_path / "noclasses"
+    shutil.copytree(synthetic_dataset, data)
+    info = json.loads((data / "_info.json").read_text())
+    info["labels"]["classes"] = []
+    (data / "_info.json").write_text(json.dumps(info))
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(data), "--random-init", "--arch", "resnet18", "--image-size", "32",
+         "--epochs", "1", "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {data}: "), r.output
+    assert "no classes" in lines[0] and not out.exists()
+
+
+def test_a_checkpoint_named_in_the_config_file_is_used_and_random_init_wins(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """--config eval.yaml takes the same keys as the flags, checkpoint included; --random-init (a
+    flag) wins over a checkpoint from the file (it was silently ignored: the checkpoint was
+    scored as the baseline)."""
+    plain = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), plain)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"checkpoint: {plain}\nimage_size: 32\nepochs: 1\nmax_train: 4\n")
+    args = ["eval", "--data", str(synthetic_dataset), "--config", str(cfg)]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a.json").read_text())["checkpoint"] == str(plain)
+    r = CliRunner().invoke(
+        main, [*args, "--random-init", "--arch", "resnet18", "--out", str(tmp_path / "b.json")]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b.json").read_text())["checkpoint"] is None
+
+
+def test_an_empty_holdout_and_a_folder_as_checkpoint_say_what_is_wrong(tmp_path: Path) -> None:
+    """Two train samples, none in the 20% hold-out: the error names the hold-out, not 'no samples
+    in train'. A run folder passed as --checkpoint is a folder, not 'no such checkpoint'."""
+    from tests.conftest import convert_synthetic
+
+    data = convert_synthetic(tmp_path / "two", num=2, size=(48, 36))
+    args = ["eval", "--data", str(data), "--image-size", "32", "--epochs", "1"]
+    r = CliRunner().invoke(
+        main, [*args, "--random-init", "--arch", "resnet18", "--out", str(tmp_path / "e.json")]
+    )
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {data}: ") and "held out" in line and "2 samples" in line
+    run = tmp_path / "run"
+    run.mkdir()
+    r = CliRunner().invoke(main, [*args, "--checkpoint", str(run), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.strip() == f"Error: {run}: is a folder, not a checkpoint file", r.output
+
+
 @pytest.mark.slow
 def test_demo_trains_and_evaluates(tmp_path: Path) -> None:
     out = tmp_path / "demo"

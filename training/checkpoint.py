@@ -87,8 +87,10 @@ def build_state(
 
 def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; raises DatakitError naming ``path`` for
-    a missing or unreadable file (never unpickles arbitrary objects)."""
+    a missing or unreadable file or a folder (never unpickles arbitrary objects)."""
     p = Path(path)
+    if p.is_dir():  # a run folder given for RUN/last.pt
+        raise DatakitError(f"{path}: is a folder, not a {what} file")
     if not p.is_file():
         raise DatakitError(f"{path}: no such {what}")
     try:

@@ -62,6 +62,24 @@ def in_holdout(key: str, fraction: float) -> bool:
 Row = tuple[str, np.ndarray, np.ndarray]  # key, rgb, label
 
 
+@dataclass(frozen=True)
+class LabelRange:
+    """The values a label pixel may hold: a class ``0 .. num_classes - 1`` or ``ignore_index``."""
+
+    num_classes: int
+    ignore_index: int
+
+    def fault(self, label: np.ndarray) -> str | None:
+        """None when every pixel of ``label`` is a class or ignored, else what is wrong."""
+        bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
+        if not bad.any():
+            return None
+        return (
+            f"label value {int(label[bad].flat[0])} is neither a class "
+            f"(0..{self.num_classes - 1}) nor ignore_index {self.ignore_index}"
+        )
+
+
 class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     """Rows, and the skips (:mod:`datakit.skips`) made in this worker since the last row as
     :class:`Skipped` items between them."""
@@ -73,9 +91,10 @@ class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         select: Callable[[str], bool],
         storage: Any,
         skip: bool = False,
+        labels: LabelRange | None = None,
     ) -> None:
         self.urls, self.size, self.select, self.storage = urls, size, select, storage
-        self.skip = skip
+        self.skip, self.labels = skip, labels
 
     def __iter__(self) -> Iterator[Row | Skipped]:
         from datakit.reader import pipeline
@@ -93,6 +112,11 @@ class _SplitReader(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                     raise DatakitError(f"{s.url}: sample {s.key} has no label member")
                 skips.skip_sample(f"{s.url}: {s.key}: no label member")  # sent with the next row
                 continue
+            if self.labels is not None and (fault := self.labels.fault(s.label)):
+                if not self.skip:
+                    raise DatakitError(f"{s.url}: sample {s.key}: {fault}")
+                skips.skip_sample(f"{s.url}: {s.key}: {fault}")
+                continue
             rgb, label = resize_pair(s.rgb, s.label, (h, w))
             yield s.key, rgb, label
         if got := skips.take():
@@ -108,10 +132,15 @@ def read_split(
     limit: int | None = None,
     workers: int = 0,
     skip: bool = False,
+    label_range: LabelRange | None = None,
+    none_selected: str = "",
 ) -> LabeledImages:
     """Decode and resize the samples of ``split`` accepted by ``select`` (at most ``limit``: the first
     by key of those accepted in the first shards, in manifest order, that hold ``limit`` of them)
-    into memory. ``skip``: bad samples and unreadable shards are logged, counted and skipped."""
+    into memory. ``skip``: bad samples and unreadable shards are logged, counted and skipped.
+    ``label_range``: a sample whose label holds another value is bad input (DatakitError naming the
+    shard and sample, or skipped). ``none_selected``: said after the error when ``select`` took
+    none (and none was skipped)."""
     pending = list(zip(dataset.info.shards_of(split), dataset.shard_urls(split), strict=True))
     if not pending:
         raise DatakitError(f"{dataset.url}: no samples in split {split!r}")
@@ -130,7 +159,7 @@ def read_split(
             urls.append(url)
             counted += entry.num_samples
         seen += counted
-        reader = _SplitReader(urls, size, select, storage, skip)
+        reader = _SplitReader(urls, size, select, storage, skip, label_range)
         loader = torch.utils.data.DataLoader(
             reader, batch_size=None, num_workers=min(workers, len(urls))
         )
@@ -141,7 +170,10 @@ def read_split(
                 rows.append(item)
     rows = sorted(rows, key=lambda r: r[0])[:limit]
     if not rows:
-        raise DatakitError(f"{dataset.url}: no samples selected from split {split!r}")
+        raise DatakitError(
+            f"{dataset.url}: no samples selected from split {split!r}"
+            f"{'' if skipped else none_selected}"
+        )
     images = torch.stack([torch.as_tensor(np.asarray(r[1])).permute(2, 0, 1) for r in rows])
     labels = torch.stack([torch.as_tensor(np.asarray(r[2])) for r in rows])
     return LabeledImages(images.contiguous(), labels, [str(r[0]) for r in rows], skipped)

@@ -36,7 +36,14 @@ from datakit import skips
 from datakit.errors import DatakitError, UsageError
 from datakit.urls import check_writable, redact, register_url_credentials
 from training.config import coerce
-from training.eval_data import LabeledImages, eval_size, in_holdout, normalise, read_split
+from training.eval_data import (
+    LabeledImages,
+    LabelRange,
+    eval_size,
+    in_holdout,
+    normalise,
+    read_split,
+)
 from training.models import (
     LEVELS,
     Backbone,
@@ -270,8 +277,6 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     validate(cfg)
     state = None  # the checkpoint is read, and its architecture checked, before any data is
     if cfg.checkpoint is not None:
-        if not Path(cfg.checkpoint).is_file():
-            raise DatakitError(f"{cfg.checkpoint}: no such checkpoint")
         state = read_backbone_state(cfg.checkpoint, "checkpoint")
         _held_arch(cfg.checkpoint, state, cfg.arch)
     t0 = time.perf_counter()
@@ -280,6 +285,11 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     if not label_set:
         raise DatakitError(
             f"{cfg.data}: the dataset has no labels; the probe needs the label member"
+        )
+    if not label_set.get("classes"):  # convert folder --label without --classes
+        raise DatakitError(
+            f"{cfg.data}: _info.json's labels list no classes; the probe needs the class names "
+            "(convert folder: --classes FILE)"
         )
     classes, ignore = list(label_set["classes"]), int(label_set["ignore_index"])
     num_classes = len(classes)
@@ -315,6 +325,13 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
 
     eval_split = cfg.train_split if holdout else named
     eval_name = f"{cfg.train_split}[held out {cfg.holdout:.0%}]" if holdout else named
+    # a hash of each key picks the held-out samples: a small split may hold out none or all
+    few = (
+        f" {{}} the {cfg.holdout:.0%} held out for scoring (a hash of each key picks them; of its "
+        f"{ds.info.num_samples(cfg.train_split)} samples, none is {{}}: add a val split or more "
+        "samples, or set holdout in --config)"
+    )
+    values = LabelRange(num_classes, ignore)
     train = read_split(
         ds,
         cfg.train_split,
@@ -323,16 +340,21 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         limit=cfg.max_train,
         workers=cfg.workers,
         skip=skip,
+        label_range=values,
+        none_selected=few.format("outside", "left to train on") if holdout else "",
     )
     test = read_split(
-        ds, eval_split, size, select=keep_eval, limit=cfg.max_eval, workers=cfg.workers, skip=skip
+        ds,
+        eval_split,
+        size,
+        select=keep_eval,
+        limit=cfg.max_eval,
+        workers=cfg.workers,
+        skip=skip,
+        label_range=values,
+        none_selected=few.format("for", "held out") if holdout else "",
     )
     skipped = train.skipped + test.skipped
-    unknown = 0
-    for part in (train, test):
-        bad = (part.labels != ignore) & ((part.labels < 0) | (part.labels >= num_classes))
-        unknown += int(bad.sum())
-        part.labels[bad] = ignore
     log(
         f"eval: {len(train)} train / {len(test)} {eval_name} samples at {size[1]}x{size[0]}, "
         f"{num_classes} classes, protocol {cfg.protocol}"
@@ -409,7 +431,6 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         "num_train": len(train),
         "num_eval": len(test),
         "input_size": {"width": size[1], "height": size[0]},
-        "unknown_label_pixels": unknown,
         "skipped": skipped.as_dict(),
         "epochs": epochs,
         "train_loss": [_json_float(v) for v in history],

@@ -182,11 +182,14 @@ def eval_command(config_file: str | None, random_init: bool, **flags: Any) -> No
     from training.config import read_yaml
     from training.evaluate import build_config, evaluate
 
-    if (flags["checkpoint"] is None) == (not random_init):
+    from_file = read_yaml(config_file) if config_file else {}
+    if random_init and flags["checkpoint"] is None:  # the flag wins over the file's checkpoint
+        from_file = {k: v for k, v in from_file.items() if k != "checkpoint"}
+    if (flags["checkpoint"] is None and from_file.get("checkpoint") is None) == (not random_init):
         raise UsageError(
             "pass --checkpoint RUN/last.pt, or --random-init for the baseline (not both)"
         )
-    cfg = build_config(("config", read_yaml(config_file) if config_file else {}), ("flags", flags))
+    cfg = build_config(("config", from_file), ("flags", flags))
     r = evaluate(cfg, log=lambda msg: click.echo(msg, err=True))
     click.echo(
         f"{r['protocol']} probe, {r['arch']} {'+'.join(r['levels'])}: {r['num_train']} train / "
