@@ -581,3 +581,27 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "new"), "--num", "0"])
     assert r.exit_code == 2 and "'--num': 0 is not in the range" in r.output, r.output
     assert not (tmp_path / "new").exists()
+
+
+def test_eval_json_is_flushed_before_its_rename_and_a_failed_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EVAL.json is written as checkpoints are: to disk before the rename, so a crash cannot leave
+    a renamed but empty file; a write that fails keeps the old file and no temporary one."""
+    import os
+
+    from training.evaluate import write_json
+
+    out = tmp_path / "e.json"
+    out.write_text("old\n")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_json(str(out), {"miou": 0.5})
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["e.json"]
+    monkeypatch.undo()
+    write_json(str(out), {"miou": 0.5})
+    assert json.loads(out.read_text()) == {"miou": 0.5}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from datakit import skips
 from datakit.errors import DatakitError, UsageError
 from datakit.urls import check_writable, redact, register_url_credentials
+from training.checkpoint import atomic_write
 from training.config import coerce
 from training.eval_data import (
     LabeledImages,
@@ -456,9 +456,9 @@ def _first_sample(ds: Any, split: str, skip: bool) -> list[Any]:
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:
-    """Atomic write (temporary file beside it, then rename)."""
+    """Atomic write (:func:`training.checkpoint.atomic_write`: flushed to disk, then renamed; a
+    failed write leaves neither a half file nor its temporary one)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, p)
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    atomic_write(p, lambda tmp: tmp.write_text(text))
