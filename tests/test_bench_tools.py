@@ -109,3 +109,32 @@ def test_cell_similarity_labels_and_cosines_by_hand() -> None:
     a, b = similarity_stats(feats, major, pure), similarity_stats(moved, major, pure)
     assert a == pytest.approx(b, abs=1e-6)  # (float32 inputs)
     assert similarity_stats(moved, major, pure, standardise=False) != pytest.approx(a)
+
+
+def test_instance_stats_by_hand_and_distinct_images_differ(tmp_path) -> None:
+    import numpy as np
+
+    from bench.instance_signal import instance_stats, write_distinct
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.2], [0.0, 1.0], [1.0, 0.0]])
+    c = 1 / 1.04**0.5  # cos of (1, 0) and (1, 0.2)
+    r = 2**-0.5
+    pos, neg, top1 = instance_stats(a, b)
+    assert pos == pytest.approx((c + 1 + r) / 3)
+    # off the diagonal: a0.b1 = 0, a0.b2 = 1, a1.b0 = 0.2 c, a1.b2 = 0, a2.b0 = 1.2 r c, a2.b1 = r
+    assert neg == pytest.approx((0 + 1 + 0.2 * c + 0 + 1.2 * r * c + r) / 6)
+    assert top1 == pytest.approx(1 / 3)  # only row 1's nearest is its own (row 0: b2, row 2: b0)
+
+    write_distinct(tmp_path, 4, (32, 24), seed=0)
+    import cv2
+
+    images = [cv2.imread(str(tmp_path / "rgb" / f"{i:04d}.png")) for i in range(4)]
+    depths = [
+        cv2.imread(str(tmp_path / "depth" / f"{i:04d}.png"), cv2.IMREAD_UNCHANGED) for i in range(4)
+    ]
+    assert all(im.shape == (24, 32, 3) for im in images)
+    assert all(d.dtype == np.uint16 and d.min() >= 1000 and d.max() <= 3300 for d in depths)
+    for i in range(4):
+        for j in range(i):
+            assert np.abs(images[i].astype(int) - images[j].astype(int)).mean() > 20
