@@ -605,3 +605,28 @@ def test_eval_json_is_flushed_before_its_rename_and_a_failed_write_leaves_nothin
     monkeypatch.undo()
     write_json(str(out), {"miou": 0.5})
     assert json.loads(out.read_text()) == {"miou": 0.5}
+
+
+def test_an_eval_split_without_a_labelled_pixel_is_one_error_line(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """Scored samples whose every label pixel is ignore_index measure nothing: one line, not an
+    EVAL.json with mIoU null and 'pixel accuracy 0.0' (exit 0, as before)."""
+    import numpy as np
+
+    from tests.conftest import with_bad_member
+
+    blank = np.full((72, 96), 255, np.uint8)
+    with_bad_member(synthetic_dataset, tmp_path / "blank", "val_000000.label.png", _png(blank))
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(
+        main,
+        ["eval", "--data", str(tmp_path / "blank"), "--random-init", "--arch", "resnet18",
+         "--image-size", "32", "--epochs", "1", "--max-eval", "1", "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"Error: {tmp_path / 'blank'}: every label pixel of the 1 val sample is ignore_index 255: "
+        "nothing to score"
+    ), r.output
+    assert not out.exists()

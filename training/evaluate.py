@@ -355,6 +355,15 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         none_selected=few.format("for", "held out") if holdout else "",
     )
     skipped = train.skipped + test.skipped
+    for part, name, what in (
+        (train, cfg.train_split, "train the probe on"),
+        (test, eval_name, "score"),
+    ):
+        if not bool((part.labels != ignore).any()):
+            raise DatakitError(
+                f"{cfg.data}: every label pixel of the {skips.plural(len(part), name + ' sample')} "
+                f"is ignore_index {ignore}: nothing to {what}"
+            )
     log(
         f"eval: {len(train)} train / {len(test)} {eval_name} samples at {size[1]}x{size[0]}, "
         f"{num_classes} classes, protocol {cfg.protocol}"
