@@ -324,9 +324,11 @@ def _reflect_indices(n: int, radius: int, device: torch.device) -> torch.Tensor:
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``sigma`` (N,) on the host: the kernel radius is read from it without waiting for the GPU."""
     radius = int(np.ceil(3 * float(sigma.max())))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    sd = sigma.to(x.device, x.dtype, non_blocking=True)
+    k = torch.exp(-0.5 * (t[None] / sd[:, None]) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (N*3, K)
     n, c, h, w = x.shape
     y = x.reshape(1, n * c, h, w)
@@ -339,26 +341,35 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def photometric(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     """Colour ops on (V, 3, S, S) float in [0, 1], per-view parameters from :func:`collate_encoded`
-    flattened over (B, 2). Only the views an op applies to are computed."""
-    jitter = batch["jitter"].reshape(-1)
-    factors = batch["factors"].reshape(-1, 4)
-    order = batch["order"].reshape(-1, 4)
+    flattened over (B, 2). Only the views an op applies to are computed.
+
+    The parameters stay on the host (as the loader's workers drew them): which views each op
+    applies to is decided there, so the ops are queued on the GPU without a single wait for it (a
+    ``nonzero()`` of a CUDA tensor would wait for every kernel queued before it, about 20 times a batch).
+    """
+    dev = x.device
+    jitter = batch["jitter"].reshape(-1).cpu()
+    factors = batch["factors"].reshape(-1, 4).cpu()
+    order = batch["order"].reshape(-1, 4).cpu()
+
+    def views(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The views ``mask`` selects, on the host and on ``dev``; None when none is."""
+        idx = mask.nonzero().squeeze(1)
+        return (idx, idx.to(dev, non_blocking=True)) if idx.numel() else None
+
     for slot in range(4):
         for op in range(4):
-            idx = (jitter & (order[:, slot] == op)).nonzero().squeeze(1)
-            if idx.numel():
-                x[idx] = _jitter_op(x[idx], op, factors[idx, op])
-    idx = batch["grayscale"].reshape(-1).nonzero().squeeze(1)
-    if idx.numel():
-        x[idx] = _gray(x[idx]).expand(-1, 3, -1, -1)
-    sigma = batch["blur_sigma"].reshape(-1)
-    idx = (sigma > 0).nonzero().squeeze(1)
-    if idx.numel():
-        x[idx] = _gaussian_blur(x[idx], sigma[idx])
-    idx = batch["solarize"].reshape(-1).nonzero().squeeze(1)
-    if idx.numel():
-        xs = x[idx]
-        x[idx] = torch.where(xs >= 128 / 255, 1 - xs, xs)
+            if sel := views(jitter & (order[:, slot] == op)):
+                f = factors[sel[0], op].to(dev, non_blocking=True)
+                x[sel[1]] = _jitter_op(x[sel[1]], op, f)
+    if sel := views(batch["grayscale"].reshape(-1).cpu()):
+        x[sel[1]] = _gray(x[sel[1]]).expand(-1, 3, -1, -1)
+    sigma = batch["blur_sigma"].reshape(-1).cpu()
+    if sel := views(sigma > 0):
+        x[sel[1]] = _gaussian_blur(x[sel[1]], sigma[sel[0]])
+    if sel := views(batch["solarize"].reshape(-1).cpu()):
+        xs = x[sel[1]]
+        x[sel[1]] = torch.where(xs >= 128 / 255, 1 - xs, xs)
     return x
 
 
@@ -440,11 +451,7 @@ class GpuViews:
             ).clamp_(0, 1)
         flat = views.view(n * 2, 3, s, s)
         if cfg.photometric:
-            params = {
-                k: batch[k].to(dev, non_blocking=True)
-                for k in ("jitter", "factors", "order", "grayscale", "blur_sigma", "solarize")
-            }
-            flat = photometric(flat, params)
+            flat = photometric(flat, batch)  # its parameters stay on the host
         flat = (flat - self.mean) / self.std
         views = flat.view(n, 2, 3, s, s)
         out: dict[str, torch.Tensor] = {}

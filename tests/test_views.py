@@ -433,6 +433,29 @@ def test_gpu_photometric_runs_and_leaves_depth():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_photometric_never_waits_for_the_gpu():
+    """The colour ops are queued on the GPU without one host sync (the views they apply to are
+    chosen from the host-side parameters; a nonzero() of a CUDA tensor waited ~20 times a batch),
+    and give what the same ops give on the CPU."""
+    from datakit.gpu_views import photometric
+
+    cfg = ViewConfig(size=32, blur_p=(1.0, 0.5), solarize_p=(0.5, 0.5), grayscale_p=0.5)
+    enc = [encode_decoded(coded_sample(64, 48), cfg, np.random.default_rng(i)) for i in range(8)]
+    batch = collate_encoded(enc, cfg)
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    on_cpu = photometric(x.clone(), batch)
+    on_gpu = x.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu = photometric(on_gpu, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_path_geometry_matches_cpu_path_on_cuda():
     gpu_path_matches_cpu_path("cuda")
 
