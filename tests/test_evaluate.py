@@ -630,3 +630,15 @@ def test_an_eval_split_without_a_labelled_pixel_is_one_error_line(
         "nothing to score"
     ), r.output
     assert not out.exists()
+
+
+def test_ignore_index_inside_the_class_range_and_negative_targets_are_not_counted() -> None:
+    # --ignore-index may be any code, a class id included (0 here): those pixels are dropped, as
+    # are negative targets, whatever was predicted there
+    target = torch.tensor([0, 0, 1, 2, -1, -3])
+    pred = torch.tensor([1, 2, 1, 2, 0, 1])
+    conf = confusion_matrix(pred, target, 3, ignore_index=0)
+    assert torch.equal(conf, torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    assert scores(conf).pixel_accuracy == 1.0
+    nothing = scores(confusion_matrix(torch.tensor([1, 2]), torch.tensor([0, -1]), 3, 0))
+    assert math.isnan(nothing.miou) and math.isnan(nothing.pixel_accuracy)

@@ -703,3 +703,91 @@ def test_each_method_loss_falls_over_20_steps(method: str, optimizer: str, lr: f
         net.push(out.keys)
         seen.append(float(out.loss.detach()))
     assert sum(seen[-3:]) / 3 < seen[0] - 0.1, seen
+
+
+# ------------------------------------------------------------------- edges found by mutation testing
+
+
+def centred(x: float, y: float) -> list[float]:
+    """Coords of a view whose 1 x 1 feature map has its single cell centre at (x, y)."""
+    return [x - 0.05, y - 0.05, x + 0.05, y + 0.05]
+
+
+def test_inside_crop_reaches_half_a_pixel_beyond_the_crop_and_wraps_with_the_period() -> None:
+    # k's crop reaches half an output pixel beyond its first/last pixel centres, on all four sides
+    # (flipped or not), and a periodic x wraps with the sample's period W / (W - 1), not 1
+    k, hx, hy = [0.2, 0.3, 0.6, 0.7], 0.5 * 0.4 / (S - 1), 0.5 * 0.4 / (S - 1)
+    cases = [  # (cell centre of q, k's coords, periodic, inside)
+        ((0.6 + 0.5 * hx, 0.5), k, False, True),
+        ((0.6 + 1.5 * hx, 0.5), k, False, False),
+        ((0.2 - 0.5 * hx, 0.5), k, False, True),
+        ((0.2 - 1.5 * hx, 0.5), k, False, False),
+        ((0.4, 0.7 + 0.5 * hy), k, False, True),
+        ((0.4, 0.7 + 1.5 * hy), k, False, False),
+        ((0.4, 0.3 - 0.5 * hy), k, False, True),
+        ((0.4, 0.3 - 1.5 * hy), k, False, False),
+        ((0.6 + 0.5 * hx, 0.5), [0.6, 0.3, 0.2, 0.7], False, True),  # k flipped
+        ((0.6 + 1.5 * hx, 0.5), [0.6, 0.3, 0.2, 0.7], False, False),
+        ((0.02, 0.5), [0.9, 0.3, 1.05, 0.7], True, True),  # 0.02 + 64/63 = 1.0359 <= 1.05
+        ((0.05, 0.5), [0.9, 0.3, 1.05, 0.7], True, False),  # 1.0659: past k's end (1 would not be)
+        ((0.05, 0.5), [0.9, 0.3, 1.05, 0.7], False, False),
+    ]
+    cq = torch.tensor([centred(*c) for c, _, _, _ in cases])
+    ck = torch.tensor([kk for _, kk, _, _ in cases])
+    periodic = torch.tensor([p for _, _, p, _ in cases])
+    period = torch.full((len(cases),), S / (S - 1))
+    got = losses.inside_crop(cq, ck, (1, 1), S, periodic=periodic, period=period)
+    assert got[:, 0].tolist() == [want for _, _, _, want in cases]
+    for s, (_, kk, p, want) in enumerate(cases):
+        assert slow_inside(cq[s].tolist(), kk, 1, 1, 0, p, S / (S - 1)) == want, s
+
+
+def test_depth_rule_min_valid_applies_to_both_views() -> None:
+    # 37-44% of every cell of one view has depth: a cell without depth under min_valid 0.5, so
+    # fallback "drop" removes every pair, although the depths agree; min_valid 0.25 keeps them
+    gen = torch.Generator().manual_seed(12)
+    c = random_coords(gen, 2)
+    sparse = torch.full((2, 1, S, S), 2.0)
+    sparse[..., torch.arange(S) % 5 >= 2] = 0
+    full = torch.full((2, 1, S, S), 2.0)
+    for dq, dk in ((sparse, full), (full, sparse)):
+        strict = DepthRule("abs", 0.5, 0.5, "drop")
+        spatial, pos = losses.positive_pairs(
+            c, c, (4, 4), (4, 4), S, depth_q=dq, depth_k=dk, depth_rule=strict
+        )
+        assert spatial.any() and not pos.any()
+        loose = DepthRule("abs", 0.5, 0.25, "drop")
+        spatial, pos = losses.positive_pairs(
+            c, c, (4, 4), (4, 4), S, depth_q=dq, depth_k=dk, depth_rule=loose
+        )
+        assert torch.equal(pos, spatial)
+
+
+def test_semantic_weights_take_the_minimum_over_all_cells() -> None:
+    # min s over ALL cells of the sample (here an inside one), max over the outside cells
+    s = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
+    inside = torch.tensor([[True, False, False, False]])
+    w = losses.semantic_weights(s, inside)
+    assert w[0].tolist() == pytest.approx([1.0, 1.0, (0.4 / 0.8) ** 2, (0.2 / 0.8) ** 2])
+
+
+def test_norm_depth_mode_stretches_a_range_under_one_unit() -> None:
+    # depths 1.0 .. 1.4 (metres) span 0.4: normalised, 1.3 and 1.4 are 0.25 apart (> t_d = 0.2)
+    z_q, z_k = torch.tensor([[1.0, 1.3]]), torch.tensor([[1.05, 1.4]])
+    d = losses.depth_agreement(z_q, z_k, mode="norm", threshold=0.2)
+    assert d.tolist() == [[[True, False], [False, False]]]
+
+
+def test_pair_distance_wraps_each_sample_with_its_own_period() -> None:
+    cq = torch.tensor([[0.0, 0.0, 0.05, 1.0]] * 2)
+    ck = torch.tensor([[0.95, 0.0, 1.0, 1.0]] * 2)
+    periods = [S / (S - 1), 8 / 7]
+    both = losses.pair_distance(
+        cq, ck, (2, 2), (2, 2), S, periodic=torch.tensor([True, True]), period=torch.tensor(periods)
+    )
+    for s, p in enumerate(periods):
+        one = losses.pair_distance(
+            cq[s : s + 1], ck[s : s + 1], (2, 2), (2, 2), S, periodic=torch.tensor([True]), period=p
+        )
+        assert torch.allclose(both[s], one[0]), s
+    assert not torch.allclose(both[0], both[1])

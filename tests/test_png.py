@@ -82,3 +82,100 @@ def test_cut_header_declines_instead_of_struct_error():
     cut = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x05"
     assert header(cut) is None
     assert decode_gray(cut) is None
+
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def handmade_png(
+    arr: np.ndarray, filters: list[int], *, colour: int = 0, adam7: bool = False
+) -> bytes:
+    """A PNG of ``arr`` (H, W) grey or (H, W, 2) grey+alpha whose row r uses filter ``filters[r]``
+    (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth); Adam7-interlaced (filter None) with ``adam7``."""
+    import struct
+    import zlib
+
+    def paeth(a: int, b: int, c: int) -> int:
+        p = a + b - c
+        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+        return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+    def filtered(rows: np.ndarray, kinds: list[int], bpp: int) -> bytes:
+        out, prev = b"", [0] * rows.shape[1]
+        for row, kind in zip(rows.tolist(), kinds, strict=True):
+            line = []
+            for i, x in enumerate(row):
+                a, b = row[i - bpp] if i >= bpp else 0, prev[i]
+                c = prev[i - bpp] if i >= bpp else 0
+                pred = [0, a, b, (a + b) // 2, paeth(a, b, c)][kind]
+                line.append((x - pred) % 256)
+            out += bytes([kind, *line])
+            prev = row
+        return out
+
+    h, w = arr.shape[:2]
+    big = arr.dtype == np.uint16
+    as_bytes = (arr.astype(">u2") if big else arr).view(np.uint8).reshape(h, w, -1)
+    bpp = as_bytes.shape[2]
+    if adam7:
+        data = b""
+        for x0, y0, dx, dy in ADAM7:
+            sub = as_bytes[y0::dy, x0::dx]
+            if sub.size:
+                data += filtered(sub.reshape(sub.shape[0], -1), [0] * sub.shape[0], bpp)
+    else:
+        data = filtered(as_bytes.reshape(h, -1), filters, bpp)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16 if big else 8, colour, 0, 0, int(adam7))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_average_or_paeth_rows_after_the_probe_decline(dtype):
+    """The first PROBE_ROWS rows use None/Sub/Up only; Average and Paeth rows further down must
+    still send the PNG back to the general decoder, never come out as wrong depth."""
+    from datakit.png import PROBE_ROWS
+
+    rng = np.random.default_rng(3)
+    h = PROBE_ROWS + 12
+    arr = rng.integers(0, np.iinfo(dtype).max, (h, 9), dtype=dtype, endpoint=True)
+    filters = [r % 3 for r in range(PROBE_ROWS + 4)] + [3, 4] * 4
+    data = handmade_png(arr, filters)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), arr)
+    assert decode_gray(data) is None
+    # only the clean first rows asked for: the fast path may take them, and exactly
+    assert np.array_equal(decode_gray(data, rows=PROBE_ROWS), arr[:PROBE_ROWS])
+
+
+def test_grey_alpha_and_interlaced_pngs_decline():
+    # pixel values 0..2: every byte reads as a filter type the fast path takes, so only the header
+    # check keeps these layouts from being decoded as plain grey rows
+    rng = np.random.default_rng(4)
+    grey_alpha = rng.integers(0, 3, (6, 7, 2), dtype=np.uint8)
+    data = handmade_png(grey_alpha, [0] * 6, colour=4)
+    assert decode_gray(data) is None
+    for dtype in (np.uint8, np.uint16):
+        arr = rng.integers(0, 3, (11, 13), dtype=dtype)
+        data = handmade_png(arr, [], adam7=True)
+        assert np.array_equal(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), arr
+        )
+        assert decode_gray(data) is None

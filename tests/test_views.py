@@ -513,3 +513,11 @@ def test_gpu_colour_ops_equal_torchvision_float_semantics():
         ours = _jitter_op(x.clone(), op, f)
         theirs = torch.stack([fn(x[i], float(f[i])) for i in range(6)])
         torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-5)  # float op order; 1/255 = 4e-3
+
+
+def test_overlap_is_symmetric_across_the_seam() -> None:
+    # the crop that wraps may be either argument: b's copies one period left and right both count
+    a, b = Box(190, 0, 20, 10), Box(0, 0, 10, 10)
+    assert overlap(b, a, 200, periodic=True) == overlap(a, b, 200, periodic=True) == 1.0
+    c, d = Box(5, 0, 10, 10), Box(195, 0, 20, 10)  # d covers columns 195..199 and 0..14
+    assert overlap(c, d, 200, periodic=True) == overlap(d, c, 200, periodic=True) == 1.0
