@@ -60,3 +60,16 @@ def naming_shard(where: str | None) -> Iterator[None]:
         if not where:
             raise
         raise SampleError(f"{where}: {exc}") from None
+
+
+@contextlib.contextmanager
+def naming_write(path: object) -> Iterator[None]:
+    """An OSError raised inside without a file name (a write, flush or close that fails: a full
+    disk, a quota, a file-size limit) is re-raised naming ``path``, so the CLI's line says which
+    file: ``PATH: cannot be written (No space left on device)``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, f"cannot be written ({exc.strerror or exc})", str(path)) from None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from datakit.errors import UsageError
+from datakit.errors import UsageError, naming_write
 from datakit.remote import (
     ON_SHARD_ERROR,
     StorageConfig,
@@ -350,7 +350,7 @@ class Location:
             )
             try:
                 os.fchmod(fd, 0o644)
-                with os.fdopen(fd, "wb") as f:
+                with naming_write(full), os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())

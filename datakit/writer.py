@@ -14,6 +14,7 @@ It alone deals with tar files, shard sizes, worker processes, resume, parts, err
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from datakit import __version__, schema
-from datakit.errors import DatakitError, SampleError, SourceError, UsageError
+from datakit.errors import DatakitError, SampleError, SourceError, UsageError, naming_write
 from datakit.manifest import (
     INFO_NAME,
     DepthStats,
@@ -297,6 +298,7 @@ class ShardFile:
 
     def __init__(self, scratch: str, name: str) -> None:
         self.name = name
+        self.shown = os.path.join(scratch, name)  # the name a failed write gives
         self.tmp_path = os.path.join(scratch, f".{name}.tmp")
         self._f = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
         self._h = _HashingFile(self._f)
@@ -323,7 +325,8 @@ class ShardFile:
             ti.mode = 0o644
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
-            self._tar.addfile(ti, io.BytesIO(data))
+            with naming_write(self.shown):
+                self._tar.addfile(ti, io.BytesIO(data))
         self.keys.append(item.key)
 
     @property
@@ -332,15 +335,17 @@ class ShardFile:
 
     def finish(self) -> tuple[int, str]:
         """Close the tar; return (bytes, sha256). The file stays at ``tmp_path``."""
-        self._tar.close()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        with naming_write(self.shown):
+            self._tar.close()
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
         return self._h.size, self._h.sha.hexdigest()
 
     def abort(self) -> None:
         try:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the flush of a file that failed: deleted anyway
+                self._f.close()
         finally:
             if os.path.exists(self.tmp_path):
                 os.unlink(self.tmp_path)
@@ -394,6 +399,7 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
         stats = stats.merge(DepthStats.from_json(s["depth"]))
     pending_errors: list[dict[str, str]] = []
     shard: ShardFile | None = None
+    opening = ""  # the shard whose ShardFile is being made
     shard_split = ""
     shard_depth = DepthStats()
     seen_keys = read_kept_keys(loc, progress)  # key -> the shard that holds it
@@ -455,7 +461,8 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
                 if shard is None:
                     shard_split = item.split
                     index = progress.next_index.get(shard_split, 0)
-                    shard = ShardFile(scratch, shard_name(shard_split, index, cfg.part))
+                    opening = shard_name(shard_split, index, cfg.part)
+                    shard = ShardFile(scratch, opening)
                 shard.add(item)
                 seen_keys[item.key] = shard.name
                 shard_depth = shard_depth.merge(item.depth)
@@ -478,6 +485,9 @@ def _convert(converter: Any, loc: Location, cfg: ConvertConfig, t0: float) -> Co
     except BaseException:
         if shard is not None:
             shard.abort()
+        elif opening:  # stopped (Ctrl-C, SIGTERM) while its temporary was being made
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(scratch, f".{opening}.tmp"))
         raise
     finally:
         bar.close()

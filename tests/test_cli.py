@@ -433,3 +433,44 @@ def test_info_prints_the_depth_scale_to_six_digits() -> None:
 
     assert _scale(0.006103608758678569) == "0.00610361"
     assert _scale(0.001) == "0.001" and _scale(None) == "None"
+
+
+def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """`kill PID` (a scheduler, `timeout`, `docker stop`) stops a command as Ctrl-C does: one line,
+    the shell's status for SIGTERM, and the temporaries of its outputs removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for attempt in range(3):
+        out = tmp_path / f"sheet{attempt}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "datakit", "preview", str(synthetic_dataset), "-o",
+             str(out / "s.png"), "--html", str(out / "p.html"), "--n", "16"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.is_dir() and len(os.listdir(out)) == 2:  # both temporaries made
+                    break
+                time.sleep(0.005)
+            time.sleep(0.05)  # while it draws (not inside the few lines that make a temporary)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        if proc.returncode == 0:
+            # the exception landed in code that swallows it (numpy.random's module init, imported
+            # lazily just then): the command finished, its outputs whole; try again
+            assert sorted(os.listdir(out)) == ["p.html", "s.png"], err
+            continue
+        assert proc.returncode == 143, err
+        assert err.strip().splitlines() == ["Terminated"]
+        assert not out.exists()  # neither a sheet nor a temporary, nor the folder made for them
+        return
+    pytest.fail("SIGTERM was swallowed 3 times")

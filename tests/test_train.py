@@ -618,3 +618,107 @@ def test_torchrun_sums_the_skips_of_both_ranks(synthetic_dataset: Path, tmp_path
     last = records(run)[-1]
     assert (last["skipped_shards"], last["skipped_samples"]) == (1, 1), last
     assert proc.stdout.count("; skipped 1 shard, 1 sample (see the log lines above)") == 1
+
+
+def run_train(tmp_path: Path, run: Path, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """``datakit train`` of 1 step in a subprocess, then its checkpoint."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "datakit", "train", "--data", str(tmp_path / "ds"), "--out",
+         str(run), "--steps", "1", *FAST, "--set", "ckpt_every=1", "--set", "log_every=1", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "failed,limit,left",
+    [("last.pt", 8 << 20, ["config.yaml", "metrics.jsonl", "tb"]), ("config.yaml", 512, [])],
+)
+def test_a_failed_write_is_one_line_naming_it_and_leaves_no_temporary(
+    tmp_path: Path, failed: str, limit: int, left: list[str]
+) -> None:
+    """A checkpoint (or config.yaml) cut short by a full disk, here a file-size limit, is one error
+    line naming it; no half file, no temporary."""
+    import resource
+    import signal
+
+    from tests.conftest import convert_synthetic
+
+    convert_synthetic(tmp_path / "ds", num=8, size=(64, 48))
+
+    def limited() -> None:  # writes past the limit fail with EFBIG, not a SIGXFSZ kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run = tmp_path / "run"
+    proc = run_train(tmp_path, run, preexec_fn=limited)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [
+        f"Error: {run / failed}: cannot be written (File too large)"
+    ], err
+    assert sorted(p.name for p in run.iterdir()) == left
+
+
+def test_sigterm_while_a_checkpoint_is_written_leaves_no_temporary(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.conftest import convert_synthetic
+
+    convert_synthetic(tmp_path / "ds", num=8, size=(64, 48))
+    run = tmp_path / "run"
+    proc = run_train(tmp_path, run)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if run.is_dir() and any(p.name.startswith(".last.pt.tmp") for p in run.iterdir()):
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "Terminated; the same command with --resume continues"
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("error", [OSError(27, "File too large"), KeyboardInterrupt()])
+def test_a_checkpoint_write_cut_short_raises_its_cause_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """torch.save wraps what a file's write raised in a RuntimeError ('unexpected pos'): a full
+    disk must still be named and a Ctrl-C stay a Ctrl-C."""
+    import builtins
+
+    class Failing:
+        def __init__(self, f: Any) -> None:
+            self.f, self.n = f, 0
+
+        def write(self, b: Any) -> int:
+            self.n += len(b)
+            if self.n > 4096:
+                raise error
+            return self.f.write(b)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    def failing_open(*args: Any) -> Failing:
+        return Failing(builtins.open(*args))  # noqa: SIM115 - closed by Failing.__exit__
+
+    monkeypatch.setattr(checkpoint, "open", failing_open, raising=False)
+    with pytest.raises(type(error)) as raised:
+        checkpoint.save(tmp_path / "last.pt", {"x": torch.zeros(10_000)})
+    if isinstance(error, OSError):
+        assert str(raised.value) == (
+            f"[Errno 27] cannot be written (File too large): '{tmp_path / 'last.pt'}'"
+        )
+    assert list(tmp_path.iterdir()) == []

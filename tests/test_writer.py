@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -547,3 +548,109 @@ def test_merge_names_the_argument_a_part_changed(tmp_path):
         merge(str(tmp_path))
     with pytest.raises(DatakitError, match=f"not merged yet; run `datakit merge {tmp_path}`"):
         open_dataset(str(tmp_path))  # not "rerun it with --resume": a part's resume does nothing
+
+
+def file_size_limit(kib: int):  # type: ignore[no-untyped-def]
+    """A ``preexec_fn``: writes past ``kib`` KiB fail with EFBIG (SIGXFSZ ignored), as a full disk
+    or a quota fails them."""
+
+    def limit() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
+    return limit
+
+
+def hidden_files(root: Path) -> list[str]:
+    return [os.path.join(d, n) for d, _, names in os.walk(root) for n in names if n.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "what,kib,args,failed",
+    [  # a 40 KiB shard cut at 16 KiB; _progress.json past 12 KiB after ~33 one-sample shards
+        ("shard", 16, ["--num", "8", "--size", "64x48", "--shard-size", "4"], "train-000000.tar"),
+        ("progress", 12, ["--num", "40", "--size", "8x8", "--shard-size", "1"], "_progress.json"),
+    ],
+)
+def test_a_failed_write_is_one_line_naming_the_file_and_leaves_no_temporary(
+    tmp_path, what, kib, args, failed
+):
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "datakit", "convert", "synthetic", str(out), "--val", "0", *args,
+         "--no-progress"],
+        capture_output=True, text=True, preexec_fn=file_size_limit(kib), timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"Error: {out / failed}: cannot be written (File too large)"
+    ], res.stderr
+    if what == "shard":  # nothing was complete: the OUT this run made is gone
+        assert not out.exists()
+    else:  # the complete shards and the last progress written stay, for --resume
+        assert not (out / "_info.json").exists() and not hidden_files(out)
+        progress = json.loads((out / "_progress.json").read_text())
+        shards = sorted(n for n in os.listdir(out) if n.endswith(".tar"))
+        recorded = [s["name"] for s in progress["shards"]]
+        assert shards[: len(recorded)] == recorded and len(shards) == len(recorded) + 1
+        res = subprocess.run(
+            [sys.executable, "-m", "datakit", "convert", "synthetic", str(out), "--val", "0",
+             *args, "--no-progress", "--resume"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert len([n for n in os.listdir(out) if n.endswith(".tar")]) == 40
+
+
+def child_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_a_parallel_conversion_with_one_line_and_no_worker_left(tmp_path):
+    args = ["convert", "synthetic", "--num", "96", "--size", "64x48", "--shard-size", "4",
+            "--per-unit", "2", "--workers", "2", "--no-progress"]  # fmt: skip
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a file, not a pipe: a worker left behind would hold a pipe open
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "datakit", *args, str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out / "_progress.json").exists():
+            time.sleep(0.02)
+        workers = child_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)  # the writer alone, as `kill PID` or a scheduler does
+        proc.wait(timeout=30)
+        time.sleep(0.5)  # a worker that outlives its writer would still be running now
+        left = [p for p in workers if is_running(p)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the session
+    err = log.read_text()
+    assert not (out / "_info.json").exists(), "conversion finished before it could be stopped"
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["Terminated; the same command with --resume continues"]
+    assert workers and not left, left
+    assert not hidden_files(out)
+    res = subprocess.run(
+        [sys.executable, "-m", "datakit", *args, "--resume", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(out)) == ["_info.json"] + [f"train-{i:06d}.tar" for i in range(24)]

@@ -28,34 +28,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from datakit.errors import DatakitError
+from datakit.errors import DatakitError, naming_write
 from training.config import TrainConfig, to_dict
 
 FORMAT = "datakit-train/1"
 CHECKPOINT_NAME = "last.pt"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary name in the same folder, flush it to disk, then rename it to
     ``path``: readers, and a machine that crashes, see the old file or the new one, never half of
     one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # else the rename can reach the disk before the data does
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        with naming_write(path):  # a full disk: one line naming ``path``
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # else the rename can reach the disk before the data does
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: a write that fails then raises its OSError (torch's own
+    file writer says only ``unexpected pos``). torch wraps what the file's ``write`` raised in a
+    RuntimeError: unwrapped here, as is a Ctrl-C that lands inside a write."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, (OSError, KeyboardInterrupt)):
+                raise exc.__context__ from None
+            raise
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically."""
-    atomic_write(path, lambda p: torch.save(state, p))
+    atomic_write(path, lambda p: torch_save(state, p))
 
 
 def build_state(

@@ -47,7 +47,7 @@ def detectron2_name(key: str) -> str:
 
 
 def _write_torchvision(ckpt: dict, out: Path) -> None:
-    checkpoint.atomic_write(out, lambda p: torch.save(torchvision_state(ckpt), p))
+    checkpoint.atomic_write(out, lambda p: checkpoint.torch_save(torchvision_state(ckpt), p))
 
 
 def _write_detectron2(ckpt: dict, out: Path) -> None:
@@ -63,7 +63,7 @@ def _write_detectron2(ckpt: dict, out: Path) -> None:
         checkpoint.atomic_write(out, write)
     else:
         payload = {"model": model, "__author__": "datakit", "matching_heuristics": True}
-        checkpoint.atomic_write(out, lambda p: torch.save(payload, p))
+        checkpoint.atomic_write(out, lambda p: checkpoint.torch_save(payload, p))
 
 
 FORMATS: dict[str, Callable[[dict, Path], None]] = {

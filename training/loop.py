@@ -241,9 +241,8 @@ def _write_config(cfg: TrainConfig, rt: Runtime) -> None:
     if rt.main:
         run = Path(cfg.out)
         run.mkdir(parents=True, exist_ok=True)
-        tmp = run / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(dump_yaml(dataclasses.replace(cfg, resume=False)))
-        os.replace(tmp, run / CONFIG_NAME)
+        text = dump_yaml(dataclasses.replace(cfg, resume=False))
+        checkpoint.atomic_write(run / CONFIG_NAME, lambda p: p.write_text(text))
 
 
 @dataclass

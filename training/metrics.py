@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from datakit.errors import naming_write
 
 METRICS_NAME = "metrics.jsonl"
 TB_DIR = "tb"
@@ -29,6 +32,7 @@ class MetricsLog:
     ) -> None:
         self.enabled = enabled
         self.path = run / METRICS_NAME
+        self.tb_dir = run / TB_DIR
         self._tb: Any = None
         self._bar: Any = None
         if not enabled:
@@ -37,7 +41,8 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run / TB_DIR), purge_step=start_step + 1)
+            _quiet_tensorboard_thread()
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1)
         if progress:
             from tqdm import tqdm
 
@@ -63,11 +68,12 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"step": step, **values, "time": time.time()}
-        with self.path.open("a") as f:
+        with naming_write(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(f"train/{k}", v, step)
+            with naming_write(self.tb_dir):  # its writer thread's error, raised here
+                for k, v in values.items():
+                    self._tb.add_scalar(f"train/{k}", v, step)
         if self._bar is not None:
             shown = {k: f"{values[k]:.4g}" for k in ("loss", "lr", "samples_per_s") if k in values}
             self._bar.set_postfix(shown, refresh=False)
@@ -78,6 +84,26 @@ class MetricsLog:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with naming_write(self.tb_dir):
+                self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def _quiet_tensorboard_thread() -> None:
+    """A write that fails in TensorBoard's writer thread (a full disk) is raised again in the main
+    thread by the writer's next call, and ends there as one line: the thread's own traceback, which
+    ``threading.excepthook`` would print first, is left out."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(
+            args.exc_value, OSError
+        ):
+            return
+        previous(args)
+
+    hook.quiets_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

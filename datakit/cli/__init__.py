@@ -9,7 +9,11 @@ non-zero exit, never a traceback: commands raise ``DatakitError`` and the group 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -52,15 +56,57 @@ def _run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
 RESUMABLE = ("convert", "train")  # commands whose progress survives an interrupt (--resume)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler): unwinds as Ctrl-C does, so temporaries are
+    removed and worker processes stopped, instead of the default instant death."""
+
+
+TERMINATE_GRACE_S = 20.0  # after SIGTERM, unwinding gets this long; then the signal's default
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated`. Sent to the whole process group, it also
+    kills the DataLoader workers: torch's SIGCHLD handler would report each as a failed worker
+    (a traceback) while this one unwinds, so it is switched off first. Code that swallows the
+    exception (a C extension's module init, say) must not make SIGTERM a no-op: a second SIGTERM,
+    or the first after TERMINATE_GRACE_S, ends the process as the default action does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGCHLD, _no_op)  # (SIG_DFL: a SIGCHLD pending now would be reported)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        again = threading.Timer(TERMINATE_GRACE_S, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _no_op(signum: int, frame: object) -> None:
+    pass
+
+
 class GuardedGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return _run_guarded(super().invoke, ctx)
-        except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT (130)
+            with _sigterm_unwinds():
+                return _run_guarded(super().invoke, ctx)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, the shell's status
             name = ctx.invoked_subcommand
             hint = "; the same command with --resume continues" if name in RESUMABLE else ""
-            click.echo(f"Interrupted{hint}", err=True)
-            ctx.exit(130)
+            what, status = (
+                ("Terminated", 143) if isinstance(exc, Terminated) else ("Interrupted", 130)
+            )
+            click.echo(f"{what}{hint}", err=True)
+            ctx.exit(status)
 
 
 @click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
