@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,6 +96,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _HYPOTHESIS_HOME = ""
+
+
+@pytest.fixture
+def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The fsyncs and renames made while the test runs, in order, as ``fsync NAME`` and ``replace
+    NAME`` (base names; Linux's /proc names an fsync's file)."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd: int) -> None:
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record_replace(src: Any, dst: Any) -> None:
+        events.append(f"replace {os.path.basename(src)}")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    return events
 
 
 @pytest.fixture(scope="session")

@@ -344,24 +344,11 @@ def test_resume_uses_this_runs_optimiser_settings(synthetic_dataset: Path, tmp_p
 
 
 def test_checkpoint_reaches_the_disk_before_its_rename(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, disk_events: list[str]
 ) -> None:
-    events: list[str] = []
-    fsync, replace = os.fsync, os.replace
-
-    def record_fsync(fd: int) -> None:
-        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
-
-    def record_replace(src: Any, dst: Any) -> None:
-        events.append(f"replace {os.path.basename(src)}")
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", record_fsync)
-    monkeypatch.setattr(os, "replace", record_replace)
     checkpoint.save(tmp_path / "last.pt", {"x": torch.zeros(2)})
     tmp = f".last.pt.tmp-{os.getpid()}"
-    assert events == [f"fsync {tmp}", f"replace {tmp}"]
+    assert disk_events == [f"fsync {tmp}", f"replace {tmp}"]
 
 
 def test_checkpoint_holds_the_optimiser_state_on_the_cpu() -> None:

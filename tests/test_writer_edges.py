@@ -3,9 +3,7 @@ rename, the size estimate of a sample at tar's name-length boundaries, grouped s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,22 +15,10 @@ from tests.conftest import convert_synthetic
 
 
 def test_each_shard_reaches_the_disk_before_its_rename(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, disk_events: list[str]
 ) -> None:
     # else a crash after the rename can leave a complete-looking shard name over missing data
-    events: list[str] = []
-    fsync, replace = os.fsync, os.replace
-
-    def record_fsync(fd: int) -> None:
-        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
-
-    def record_replace(src: Any, dst: Any) -> None:
-        events.append(f"replace {os.path.basename(src)}")
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", record_fsync)
-    monkeypatch.setattr(os, "replace", record_replace)
+    events = disk_events
     out = convert_synthetic(tmp_path / "o", num=6, size=(32, 24), shard_size=2)
     shards = sorted(p.name for p in out.glob("*.tar"))
     assert shards == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
