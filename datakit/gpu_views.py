@@ -345,7 +345,8 @@ def photometric(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
 
     The parameters stay on the host (as the loader's workers drew them): which views each op
     applies to is decided there, so the ops are queued on the GPU without a single wait for it (a
-    ``nonzero()`` of a CUDA tensor would wait for every kernel queued before it, about 20 times a batch).
+    ``nonzero()`` of a CUDA tensor would wait for every kernel queued before it, about 20 times a
+    batch).
     """
     dev = x.device
     jitter = batch["jitter"].reshape(-1).cpu()

@@ -325,12 +325,18 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
 
     eval_split = cfg.train_split if holdout else named
     eval_name = f"{cfg.train_split}[held out {cfg.holdout:.0%}]" if holdout else named
-    # a hash of each key picks the held-out samples: a small split may hold out none or all
-    few = (
-        f" {{}} the {cfg.holdout:.0%} held out for scoring (a hash of each key picks them; of its "
-        f"{ds.info.num_samples(cfg.train_split)} samples, none is {{}}: add a val split or more "
-        "samples, or set holdout in --config)"
-    )
+
+    def none_in(side: str, left: str) -> str:
+        """What a split read empty adds when a hold-out picked its samples: a hash of each key picks
+        them, so a small split may hold out none or all."""
+        if not holdout:
+            return ""
+        return (
+            f" {side} the {cfg.holdout:.0%} held out for scoring (a hash of each key picks them; "
+            f"of its {ds.info.num_samples(cfg.train_split)} samples, none is {left}: add a val "
+            "split or more samples, or set holdout in --config)"
+        )
+
     values = LabelRange(num_classes, ignore)
     train = read_split(
         ds,
@@ -341,7 +347,7 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         workers=cfg.workers,
         skip=skip,
         label_range=values,
-        none_selected=few.format("outside", "left to train on") if holdout else "",
+        none_selected=none_in("outside", "left to train on"),
     )
     test = read_split(
         ds,
@@ -352,7 +358,7 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         workers=cfg.workers,
         skip=skip,
         label_range=values,
-        none_selected=few.format("for", "held out") if holdout else "",
+        none_selected=none_in("for", "held out"),
     )
     skipped = train.skipped + test.skipped
     for part, name, what in (
