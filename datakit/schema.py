@@ -157,7 +157,15 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("rgb", ("rgb.jpg", "rgb.png"), ("uint8",), 3, True, "8-bit RGB image, H x W x 3"),
+    Field(
+        "rgb",
+        ("rgb.jpg", "rgb.png"),
+        ("uint8",),
+        3,
+        True,
+        "8-bit RGB image, H x W x 3, read in its stored pixel order (a JPEG's EXIF orientation tag "
+        "is ignored)",
+    ),
     Field(
         "depth",
         ("depth.png",),
