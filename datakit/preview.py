@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol, cast
@@ -23,6 +22,7 @@ import numpy as np
 from datakit import skips
 from datakit.errors import DatakitError, SampleError, UsageError, naming_shard
 from datakit.manifest import DatasetInfo, read_info
+from datakit.outputs import OutputFiles
 from datakit.schema import DecodedSample, decode
 from datakit.storage import Location
 from datakit.urls import check_writable
@@ -406,7 +406,7 @@ def preview(
     if html is not None:
         check_writable(html, "--html", local_only=True)
     location = dataset if isinstance(dataset, Location) else Location(dataset)
-    with _Outputs([p for p in (out, html) if p is not None]) as outputs:
+    with OutputFiles([p for p in (out, html) if p is not None]) as outputs:
         info = read_info(location)
         refs = choose_samples(info, config.n, config.seed, config.split)
         stats = ReadStats()
@@ -432,58 +432,3 @@ def preview(
                 html, page_html(sheet, rows, title=title, source=location.display).encode()
             )
     return PreviewResult(sheet, rows, info, location, stats)
-
-
-class _Outputs:
-    """Files written under temporary names beside their final ones (opened on entry, so an
-    unwritable path fails before any work) and renamed together when the block succeeds; on any
-    error the temporaries and the folders made for them are removed and no final name is touched."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-        self.tmp: dict[str, str] = {}
-        self.created: list[str] = []
-
-    def __enter__(self) -> _Outputs:
-        try:
-            for path in self.paths:
-                folder = os.path.dirname(os.path.abspath(path))
-                try:
-                    self.created += Location(folder).missing_folders()
-                    os.makedirs(folder, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(
-                        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder
-                    )
-                except OSError as exc:
-                    raise DatakitError(
-                        f"{path}: cannot be written ({exc.strerror or exc})"
-                    ) from None
-                os.close(fd)
-                self.tmp[path] = tmp
-        except BaseException:
-            self._discard()
-            raise
-        return self
-
-    def write(self, path: str, data: bytes) -> None:
-        try:
-            with open(self.tmp[path], "wb") as f:
-                f.write(data)
-        except OSError as exc:
-            raise DatakitError(f"{path}: cannot be written ({exc.strerror or exc})") from None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
-        for path, tmp in self.tmp.items():
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        self.tmp.clear()
-
-    def _discard(self) -> None:
-        for tmp in self.tmp.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        self.tmp.clear()
-        Location.remove_empty_folders(self.created)

@@ -140,3 +140,21 @@ def test_weights_of_another_arch_are_refused(tmp_path: Path) -> None:
     ckpt, _ = make_checkpoint(tmp_path, "resnet18")
     with pytest.raises(DatakitError, match="does not fit resnet50"):
         build_backbone("resnet50", weights=str(ckpt))
+
+
+def test_an_unwritable_out_fails_before_the_checkpoint_is_read_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """OUT under a file is named at once, even with a checkpoint that does not exist (it is not
+    read first); a failed export leaves no file, temporary or folder it made."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "missing.pt"), str(blocker / "o.pth")])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: {blocker / 'o.pth'}: cannot be written ({blocker} is not a folder)"
+    ], res.output
+    res = CliRunner().invoke(
+        main, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "new" / "o.pth")]
+    )
+    assert res.exit_code == 1 and "missing.pt" in res.output, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]

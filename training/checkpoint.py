@@ -22,7 +22,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -55,16 +55,21 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file: a write that fails then raises its OSError (torch's own
-    file writer says only ``unexpected pos``). torch wraps what the file's ``write`` raised in a
-    RuntimeError: unwrapped here, as is a Ctrl-C that lands inside a write."""
+    """``torch.save`` through a Python file (:func:`torch_save_to`)."""
     with open(path, "wb") as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as exc:
-            if isinstance(exc.__context__, (OSError, KeyboardInterrupt)):
-                raise exc.__context__ from None
-            raise
+        torch_save_to(obj, f)
+
+
+def torch_save_to(obj: Any, f: IO[bytes]) -> None:
+    """``torch.save`` to an open file: a write that fails then raises its OSError (torch's own file
+    writer says only ``unexpected pos``). torch wraps what the file's ``write`` raised in a
+    RuntimeError: unwrapped here, as is a Ctrl-C that lands inside a write."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as exc:
+        if isinstance(exc.__context__, (OSError, KeyboardInterrupt)):
+            raise exc.__context__ from None
+        raise
 
 
 def save(path: Path, state: dict[str, Any]) -> None:

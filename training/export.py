@@ -14,11 +14,13 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import Tensor
 
 from datakit.errors import UsageError
+from datakit.outputs import OutputFiles
 from datakit.urls import check_writable
 from training import checkpoint
 from training.models import ARCHS
@@ -46,43 +48,42 @@ def detectron2_name(key: str) -> str:
     return key.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
 
 
-def _write_torchvision(ckpt: dict, out: Path) -> None:
-    checkpoint.atomic_write(out, lambda p: checkpoint.torch_save(torchvision_state(ckpt), p))
+Writer = Callable[[IO[bytes]], None]
 
 
-def _write_detectron2(ckpt: dict, out: Path) -> None:
+def _torchvision(ckpt: dict, out: Path) -> Writer:
+    state = torchvision_state(ckpt)
+    return lambda f: checkpoint.torch_save_to(state, f)
+
+
+def _detectron2(ckpt: dict, out: Path) -> Writer:
     model = {detectron2_name(k): v for k, v in ckpt["backbone"].items()}
     if out.suffix == ".pkl":
         arrays = {k: v.detach().cpu().numpy() for k, v in model.items()}
         obj = {"model": arrays, "__author__": "datakit", "matching_heuristics": True}
-
-        def write(p: Path) -> None:
-            with p.open("wb") as f:
-                pickle.dump(obj, f)
-
-        checkpoint.atomic_write(out, write)
-    else:
-        payload = {"model": model, "__author__": "datakit", "matching_heuristics": True}
-        checkpoint.atomic_write(out, lambda p: checkpoint.torch_save(payload, p))
+        return lambda f: pickle.dump(obj, f)
+    payload = {"model": model, "__author__": "datakit", "matching_heuristics": True}
+    return lambda f: checkpoint.torch_save_to(payload, f)
 
 
-FORMATS: dict[str, Callable[[dict, Path], None]] = {
-    "torchvision": _write_torchvision,
-    "detectron2": _write_detectron2,
+# format -> (checkpoint, OUT) -> what writes the file
+FORMATS: dict[str, Callable[[dict, Path], Writer]] = {
+    "torchvision": _torchvision,
+    "detectron2": _detectron2,
 }
 
 
 def export(checkpoint_path: str, out: str, *, fmt: str = "torchvision") -> Path:
-    """Write the backbone of ``checkpoint_path`` (RUN/last.pt) to ``out`` in ``fmt``.
+    """Write the backbone of ``checkpoint_path`` (RUN/last.pt) to ``out`` in ``fmt``; ``out``
+    appears whole or not at all (:class:`datakit.outputs.OutputFiles`).
 
-    Raises DatakitError for a file that is not a training checkpoint, UsageError for an unknown format.
+    Raises DatakitError for a file that is not a training checkpoint or an ``out`` that cannot be
+    written (before the checkpoint is read), UsageError for an unknown format.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     check_writable(out, "OUT", local_only=True)
-    ckpt = checkpoint.load(checkpoint_path)
-    path = Path(out)
-    if path.parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    FORMATS[fmt](ckpt, path)
-    return path
+    with OutputFiles([out]) as outputs:
+        ckpt = checkpoint.load(checkpoint_path)
+        outputs.write_with(out, FORMATS[fmt](ckpt, Path(out)))
+    return Path(out)
