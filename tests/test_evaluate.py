@@ -4,6 +4,7 @@ backbone loading and the ``datakit eval`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -583,28 +584,45 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()
 
 
-def test_eval_json_is_flushed_before_its_rename_and_a_failed_write_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_unwritable_out_fails_before_any_work_and_a_failure_leaves_no_folder(
+    synthetic_dataset: Path, tmp_path: Path
 ) -> None:
-    """EVAL.json is written as checkpoints are: to disk before the rename, so a crash cannot leave
-    a renamed but empty file; a write that fails keeps the old file and no temporary one."""
-    import os
+    """--out under a file fails at once, naming --out, not after the probe is trained (the data is
+    not even read: a missing dataset is not what the line names). A run that fails after it began
+    leaves neither EVAL.json, a temporary nor the folders it made for them."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["eval", "--random-init", "--arch", "resnet18", "--image-size", "32", "--epochs", "1"]
+    out = blocker / "sub" / "e.json"
+    r = CliRunner().invoke(
+        main, [*args, "--data", str(tmp_path / "no-such-data"), "--out", str(out)]
+    )
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"Error: {out}: cannot be written ({blocker} is not a folder)"
+    ], r.output
+    unlabelled = tmp_path / "unlabelled"  # fails after the output was opened: no labels
+    shutil.copytree(synthetic_dataset, unlabelled)
+    info = json.loads((unlabelled / "_info.json").read_text())
+    (unlabelled / "_info.json").write_text(json.dumps({**info, "labels": None}))
+    r = CliRunner().invoke(
+        main, [*args, "--data", str(unlabelled), "--out", str(tmp_path / "new" / "deep" / "e.json")]
+    )
+    assert r.exit_code == 1 and "has no labels" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "unlabelled"]
 
-    from training.evaluate import write_json
 
-    out = tmp_path / "e.json"
-    out.write_text("old\n")
+def test_eval_json_names_what_pretrained_the_checkpoint(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    from tests.test_export import make_checkpoint
 
-    def disk_full(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        write_json(str(out), {"miou": 0.5})
-    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["e.json"]
-    monkeypatch.undo()
-    write_json(str(out), {"miou": 0.5})
-    assert json.loads(out.read_text()) == {"miou": 0.5}
+    ckpt, _ = make_checkpoint(tmp_path, "resnet18")
+    cfg = EvalConfig(data=str(synthetic_dataset), checkpoint=str(ckpt), image_size=32, epochs=1)
+    assert evaluate(cfg)["pretraining"] == {"method": "pixpro", "step": 1, "steps": 1}
+    plain = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), plain)
+    cfg = dataclasses.replace(cfg, checkpoint=str(plain))
+    assert evaluate(cfg)["pretraining"] is None
 
 
 def test_an_eval_split_without_a_labelled_pixel_is_one_error_line(

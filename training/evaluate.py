@@ -25,7 +25,6 @@ import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +32,8 @@ from torch import Tensor, nn
 
 from datakit import skips
 from datakit.errors import DatakitError, UsageError
+from datakit.outputs import OutputFiles
 from datakit.urls import check_writable, redact, register_url_credentials
-from training.checkpoint import atomic_write
 from training.config import coerce
 from training.eval_data import (
     LabeledImages,
@@ -50,6 +49,7 @@ from training.models import (
     arch_of_state,
     load_backbone_weights,
     read_backbone_state,
+    read_weights,
 )
 from training.probe import Batcher, ProbeHead, batches, fit_head, score_head
 
@@ -269,15 +269,26 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
     """Run the protocol and return the result dict (written to ``cfg.out`` as JSON when set):
     ``miou`` (0-1), ``per_class_iou`` (aligned with ``classes``, null for a class absent from both
     targets and predictions), ``classes``, ``pixel_accuracy``, ``confusion`` (rows = target) and the
-    run's details and ``config``, the resolved configuration (the architecture used, the protocol's
+    run's details: ``pretraining`` (the checkpoint's method and step; null for random init or plain
+    weights) and ``config``, the resolved configuration (the architecture used, the protocol's
     epochs and lr, the split scored). Raises DatakitError for a dataset without labels or without
-    ``train_split``, UsageError for an ``eval_split`` the dataset does not have."""
+    ``train_split`` and for an ``out`` that cannot be written (before any work), UsageError for an
+    ``eval_split`` the dataset does not have."""
+    validate(cfg)
+    if not cfg.out:
+        return _evaluate(cfg, log)
+    with OutputFiles([cfg.out]) as outputs:
+        result = _evaluate(cfg, log)
+        outputs.write(cfg.out, (json.dumps(result, indent=1, allow_nan=False) + "\n").encode())
+    return result
+
+
+def _evaluate(cfg: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
     from datakit.reader import open_dataset
 
-    validate(cfg)
-    state = None  # the checkpoint is read, and its architecture checked, before any data is
+    state, pretraining = None, None  # the checkpoint is read, its architecture checked, first
     if cfg.checkpoint is not None:
-        state = read_backbone_state(cfg.checkpoint, "checkpoint")
+        state, pretraining = read_weights(cfg.checkpoint, "checkpoint")
         _held_arch(cfg.checkpoint, state, cfg.arch)
     t0 = time.perf_counter()
     ds = open_dataset(cfg.data)
@@ -437,6 +448,7 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
         "confusion": conf.tolist(),
         "protocol": cfg.protocol,
         "checkpoint": cfg.checkpoint,
+        "pretraining": pretraining,
         "arch": backbone.arch,
         "levels": list(backbone.levels),
         "labels": label_set.get("name"),
@@ -456,8 +468,6 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = lambda msg: None) 
             for k, v in dataclasses.asdict(resolved).items()
         },
     }
-    if cfg.out:
-        write_json(cfg.out, result)
     return result
 
 
@@ -468,12 +478,3 @@ def _first_sample(ds: Any, split: str, skip: bool) -> list[Any]:
         return list(ds.take(1, split))
     with skips.unreported():
         return list(ds.take(1, split, handler=skips.skip_handler))
-
-
-def write_json(path: str, obj: dict[str, Any]) -> None:
-    """Atomic write (:func:`training.checkpoint.atomic_write`: flushed to disk, then renamed; a
-    failed write leaves neither a half file nor its temporary one)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    atomic_write(p, lambda tmp: tmp.write_text(text))

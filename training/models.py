@@ -7,6 +7,7 @@ state dict is a torchvision ResNet state dict minus ``fc`` (see :mod:`training.e
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torchvision
 from torch import Tensor, nn
@@ -85,9 +86,26 @@ def read_backbone_state(path: str, what: str = "weights file") -> dict[str, Tens
     """The backbone tensors of a torchvision ResNet state dict, a ``datakit export`` file or a
     ``RUN/last.pt`` (its ``backbone`` entry): ``module.`` prefixes dropped, ``fc.*`` ignored.
     Raises :class:`DatakitError` for a missing, unreadable or non-state-dict file."""
-    from training.checkpoint import read_torch_file
+    return read_weights(path, what)[0]
+
+
+def read_weights(
+    path: str, what: str = "weights file"
+) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """:func:`read_backbone_state`, and where the file is a ``RUN/last.pt`` what pretrained it:
+    ``{"method", "step", "steps"}`` (the step it was saved at, of the run's ``steps``); None for
+    plain weights. Raises as :func:`read_backbone_state`."""
+    from training.checkpoint import FORMAT, read_torch_file
 
     obj = read_torch_file(path, what)
+    pretraining = None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        config = obj["config"] if isinstance(obj.get("config"), dict) else {}
+        pretraining = {
+            "method": obj.get("method"),
+            "step": obj.get("step"),
+            "steps": config.get("steps"),
+        }
     if isinstance(obj, dict) and isinstance(obj.get("backbone"), dict):
         obj = obj["backbone"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -100,7 +118,8 @@ def read_backbone_state(path: str, what: str = "weights file") -> dict[str, Tens
         raise DatakitError(
             f"{path}: not a ResNet state dict (holds {found or type(obj).__name__}){hint}"
         )
-    return {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
+    state = {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("fc.")}
+    return state, pretraining
 
 
 def arch_of_state(state: dict[str, Tensor]) -> str:
