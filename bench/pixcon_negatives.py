@@ -103,7 +103,7 @@ def shuffled(backbone: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return {k: v[inv] for k, v in out.items()}
 
 
-def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int | str]]:
+def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int | str | None]]:
     torch.manual_seed(args.seed)
     cfg = build_config(
         (
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
     stream = BatchStream(dataset, cfg, per_rank=cfg.batch_size, position={"epoch": 0, "batch": 0})
     queue = net.queue_global
     filled = 0
-    rows: list[dict[str, float | int | str]] = []
+    rows: list[dict[str, float | int | str | None]] = []
     try:
         for step in range(cfg.steps):
             lr = lr_at(
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
                 target = torch.zeros(len(pos), dtype=torch.long)
                 loss = loss + F.cross_entropy(logits, target) / 2
                 pos_cos += float(pos.detach().mean()) / 2
-                neg_cos += float(neg.detach().mean()) / 2 if neg.numel() else math.nan
+                neg_cos += float(neg.detach().mean()) / 2 if neg.numel() else 0.0
                 n_neg = neg.shape[1]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -184,13 +184,14 @@ def run(args: argparse.Namespace, negatives: str) -> list[dict[str, float | int 
             queue.push(keys)
             filled += len(keys)
             if step % args.every == 0 or step == cfg.steps - 1:
-                row: dict[str, float | int | str] = {
+                row: dict[str, float | int | str | None] = {
                     "negatives": negatives,
                     "step": step,
                     "loss": round(loss.item(), 4),
                     "chance": round(math.log(n_neg + 1), 4),
                     "pos_cos": round(pos_cos, 4),
-                    "neg_cos": round(neg_cos, 4),
+                    # null, not NaN (which is not JSON), while "filled" has no real key yet
+                    "neg_cos": round(neg_cos, 4) if n_neg else None,
                     "q_cos": round(offdiag_cos(q[0].detach()), 5),
                     "k_cos": round(offdiag_cos(k[0]), 5),
                 }

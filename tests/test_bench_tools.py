@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -138,3 +141,25 @@ def test_instance_stats_by_hand_and_distinct_images_differ(tmp_path) -> None:
     for i in range(4):
         for j in range(i):
             assert np.abs(images[i].astype(int) - images[j].astype(int)).mean() > 20
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pixcon_negatives_writes_strict_json_while_the_queue_holds_no_real_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At step 0 the ``filled`` variant has no negative yet: its row says null, not NaN (which
+    json.loads of other languages and --out readers refuse)."""
+    from bench.pixcon_negatives import main
+    from tests.conftest import convert_synthetic
+
+    data = convert_synthetic(tmp_path / "ds", num=8, size=(48, 36))
+    args = ["--data", str(data), "--negatives", "filled", "--steps", "2", "--every", "1"]
+    assert main([*args, "--batch-size", "4", "--image-size", "32", "--queue", "16",
+                 "--out", str(tmp_path / "rows.json")]) == 0  # fmt: skip
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
+
+    rows = [strict(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["neg_cos"] is None for r in rows] == [True, False]  # type: ignore[index]
+    assert strict((tmp_path / "rows.json").read_text())["rows"] == rows  # type: ignore[index]
