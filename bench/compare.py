@@ -3,6 +3,7 @@
 Pretrains random-init (no training) / PixPro / PixPro-depth / PixPro-depth multi-scale / PixCon (with
 semantic reweighting) on the same synthetic scenes with the same budget (steps, batch, image size)
 and seeds, evaluates each with the linear probe of ``datakit eval`` on C5 and on concatenated C3-C5,
+or (``--probes ft-c5 ft-c3-c5``) with its fine-tune protocol, the backbone trained too,
 prints a table of mean and std over the seeds and the paired per-seed differences against random
 init and against PixPro (with t statistics), and saves a plot and ``summary.json``. Every step is a
 ``datakit`` command, logged with its exact command line in ``OUT/commands.txt``; finished runs are
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -56,7 +58,22 @@ METHODS: dict[str, list[str] | None] = {
 DEFAULT_METHODS = [m for m in METHODS if m not in ("pixpro-ms", "pixcon-sr-nobn")]  # the five
 # recipe base lr where a variant differs from its method's (METHOD_DEFAULTS)
 BASE_LR = {"pixcon-sr-nobn": 0.3}
-PROBES = {"c5": "c5", "c3-c5": "c3,c4,c5"}
+
+
+@dataclass(frozen=True)
+class Probe:
+    levels: str  # `datakit eval --levels`
+    protocol: str = "linear"  # `datakit eval --protocol`; finetune keeps eval's own epochs and lr
+
+
+PROBES = {
+    "c5": Probe("c5"),
+    "c3-c5": Probe("c3,c4,c5"),
+    # the papers' own protocol (PixPro, PixCon and Ben Saad et al. fine-tune for segmentation)
+    "ft-c5": Probe("c5", "finetune"),
+    "ft-c3-c5": Probe("c3,c4,c5", "finetune"),
+}
+DEFAULT_PROBES = ("c5", "c3-c5")
 # paired per-seed differences are taken against these, in this order (each pair once)
 BASELINES = ("random-init", "pixpro")
 
@@ -131,6 +148,7 @@ def run_one(
     env: dict[str, str],
     device: str,
     train_set: list[str],
+    probes: Sequence[str] = DEFAULT_PROBES,
 ) -> dict[str, Any]:
     """Train (unless random-init or already done) and probe one (method, seed); returns its record."""
     run = out / "runs" / f"{method}-s{seed}"
@@ -183,13 +201,19 @@ def run_one(
         (run / "done").write_text("")
     train_s = time.perf_counter() - t0
     rec: dict[str, Any] = {"method": method, "seed": seed, "train_seconds": round(train_s, 1)}
-    for probe, levels in PROBES.items():
+    for probe in probes:
+        spec = PROBES[probe]
         path = run / f"eval-{probe}.json"
         if not path.exists():
             src = (
                 ["--random-init", "--arch", sc.arch]
                 if flags is None
                 else ["--checkpoint", str(ckpt)]
+            )
+            schedule = (
+                ["--epochs", str(sc.eval_epochs)]
+                if spec.protocol == "linear"
+                else ["--protocol", spec.protocol]
             )
             _run(
                 [
@@ -199,11 +223,10 @@ def run_one(
                     str(data),
                     *src,
                     "--levels",
-                    levels,
+                    spec.levels,
                     "--image-size",
                     str(sc.eval_image_size or sc.image_size),
-                    "--epochs",
-                    str(sc.eval_epochs),
+                    *schedule,
                     "--batch-size",
                     str(sc.eval_batch_size),
                     "--workers",
@@ -253,7 +276,9 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+def summarise(
+    records: list[dict[str, Any]], methods: list[str], probes: Sequence[str] = DEFAULT_PROBES
+) -> dict[str, Any]:
     """Mean/std per method and probe, and paired per-seed differences (same seed) of every method
     against random init and against PixPro, with their t statistic (n - 1 degrees of freedom). A
     (method, seed) recorded more than once (records.jsonl of a resumed run) counts once, the last."""
@@ -266,10 +291,10 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     table: dict[str, Any] = {}
     for m, rs in by.items():
         table[m] = {
-            p: dict(zip(("mean", "std"), _ms([r[p] for r in rs]), strict=True)) for p in PROBES
+            p: dict(zip(("mean", "std"), _ms([r[p] for r in rs]), strict=True)) for p in probes
         }
         table[m]["seeds"] = [r["seed"] for r in rs]
-        table[m]["per_seed"] = {p: [r[p] for r in rs] for p in PROBES}
+        table[m]["per_seed"] = {p: [r[p] for r in rs] for p in probes}
     paired: dict[str, Any] = {}
     for baseline in BASELINES:
         if baseline not in by:
@@ -278,7 +303,7 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
         for m in methods:
             if m in BASELINES[: BASELINES.index(baseline) + 1]:
                 continue
-            for p in PROBES:
+            for p in probes:
                 diffs = [r[p] - base[r["seed"]][p] for r in by[m] if r["seed"] in base]
                 if len(diffs) < 2:
                     continue
@@ -294,22 +319,25 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                     "std": sd,
                     "t": t,
                 }
-    return {"table": table, "paired": paired}
+    return {"probes": list(probes), "table": table, "paired": paired}
 
 
 def markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     pct = 100.0
+    probes = summary["probes"]
     lines = [
-        "| method | mIoU C5 probe (%) | mIoU C3-C5 probe (%) | positives kept | final loss |",
-        "|---|---|---|---|---|",
+        "| method | "
+        + " | ".join(f"mIoU {_title(p)} (%)" for p in probes)
+        + " | positives kept | final loss |",
+        "|---" * (len(probes) + 3) + "|",
     ]
     for m, row in summary["table"].items():
         rs = [r for r in records if r["method"] == m]
         kept = [r["pos_frac"] / r["pos_frac_spatial"] for r in rs if r.get("pos_frac_spatial")]
         loss = [r["final_loss"] for r in rs if r.get("final_loss") is not None]
-        cells = [f"{pct * row[p]['mean']:.1f} ± {pct * row[p]['std']:.1f}" for p in PROBES]
+        cells = [f"{pct * row[p]['mean']:.1f} ± {pct * row[p]['std']:.1f}" for p in probes]
         lines.append(
-            f"| {m} | {cells[0]} | {cells[1]} | "
+            f"| {m} | {' | '.join(cells)} | "
             f"{f'{statistics.fmean(kept):.2f}' if kept else '-'} | "
             f"{f'{statistics.fmean(loss):.3f}' if loss else '-'} |"
         )
@@ -326,20 +354,26 @@ def markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _title(probe: str) -> str:
+    """'c3-c5' -> 'C3-C5 probe', 'ft-c5' -> 'C5 fine-tune'."""
+    levels = probe.removeprefix("ft-").upper()
+    return f"{levels} {'probe' if PROBES[probe].protocol == 'linear' else 'fine-tune'}"
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(summary["table"])
+    methods, probes = list(summary["table"]), summary["probes"]
     fig, ax = plt.subplots(figsize=(max(8.0, 1.25 * len(methods)), 4), dpi=120)
-    width = 0.8 / len(PROBES)
-    for i, p in enumerate(PROBES):
-        xs = [k + (i - (len(PROBES) - 1) / 2) * width for k in range(len(methods))]
+    width = 0.8 / len(probes)
+    for i, p in enumerate(probes):
+        xs = [k + (i - (len(probes) - 1) / 2) * width for k in range(len(methods))]
         means = [100 * summary["table"][m][p]["mean"] for m in methods]
         stds = [100 * summary["table"][m][p]["std"] for m in methods]
-        ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, label=f"{p} probe", alpha=0.8)
+        ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, label=_title(p), alpha=0.8)
         for x, m in zip(xs, methods, strict=True):
             seeds = [100 * v for v in summary["table"][m]["per_seed"][p]]
             ax.scatter([x] * len(seeds), seeds, s=8, color="k", zorder=3)
@@ -347,7 +381,7 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("val mIoU (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    lo = min(100 * min(r["per_seed"][p]) for r in summary["table"].values() for p in PROBES)
+    lo = min(100 * min(r["per_seed"][p]) for r in summary["table"].values() for p in probes)
     ax.set_ylim(max(0.0, lo - 10), None)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS)
+    ap.add_argument(
+        "--probes",
+        nargs="+",
+        choices=list(PROBES),
+        default=list(DEFAULT_PROBES),
+        help="c5 / c3-c5: linear probes; ft-c5 / ft-c3-c5: `datakit eval --protocol finetune`.",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="(method, seed) runs at a time")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--plot", type=Path, default=None, help="[OUT/results.png]")
@@ -395,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         report(
             recorded,
             [m for m in METHODS if any(r["method"] == m for r in recorded)],
+            [p for p in PROBES if all(p in r for r in recorded)],
             sc,
             seeds,
             out,
@@ -442,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            pool.submit(run_one, m, s, sc, data, out, env, args.device, args.train_set): (m, s)
+            pool.submit(
+                run_one, m, s, sc, data, out, env, args.device, args.train_set, args.probes
+            ): (m, s)
             for m, s in jobs
         }
         for fut in as_completed(futures):
@@ -455,13 +499,14 @@ def main(argv: list[str] | None = None) -> int:
             records.append(rec)
             with (out / "records.jsonl").open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+            scores = "  ".join(f"{_title(p)} {100 * rec[p]:.1f}" for p in args.probes)
             print(
-                f"{m:>16} seed {s}: C5 {100 * rec['c5']:.1f}  C3-C5 {100 * rec['c3-c5']:.1f}  "
+                f"{m:>16} seed {s}: {scores}  "
                 f"(train {rec['train_seconds']:.0f} s, {time.perf_counter() - t0:.0f} s total)",
                 flush=True,
             )
     methods = [m for m in args.methods if any(r["method"] == m for r in records)]
-    report(records, methods, sc, args.seeds, out, args.plot, time.perf_counter() - t0)
+    report(records, methods, args.probes, sc, args.seeds, out, args.plot, time.perf_counter() - t0)
     print(f"total {time.perf_counter() - t0:.0f} s -> {out}")
     return 0 if len(records) == len(jobs) else 1
 
@@ -469,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(
     records: list[dict[str, Any]],
     methods: list[str],
+    probes: Sequence[str],
     sc: Scale,
     seeds: list[int],
     out: Path,
@@ -476,7 +522,7 @@ def report(
     seconds: float,
 ) -> None:
     """Write summary.json, table.md and the plot; print the table."""
-    summary = summarise(records, methods)
+    summary = summarise(records, methods, probes)
     summary.update(scale=asdict(sc), seeds=seeds, seconds=round(seconds, 1), records=records)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = markdown(summary, records)

@@ -76,3 +76,22 @@ def test_the_cpu_preset_scales_each_variants_own_recipe_lr() -> None:
     assert schedule_flags("pixcon", cpu, BASE_LR["pixcon-sr-nobn"])[:2] == ["--set", "base_lr=4.8"]
     assert schedule_flags("pixcon", gpu, 0.3) == ["--set", "base_lr=1.2"]
     assert "head_bn=false" in METHODS["pixcon-sr-nobn"]
+
+
+def test_fine_tune_probes_are_summarised_beside_or_instead_of_the_linear_ones() -> None:
+    records = [
+        {"method": m, "seed": s, "c3-c5": 0.7 + d, "ft-c3-c5": 0.76 + d + 0.01 * s}
+        for s in (0, 1)
+        for m, d in (("random-init", 0.0), ("pixcon-sr", 0.02))
+    ]
+    s = summarise(records, ["random-init", "pixcon-sr"], ["c3-c5", "ft-c3-c5"])
+    assert s["probes"] == ["c3-c5", "ft-c3-c5"]
+    assert s["table"]["pixcon-sr"]["ft-c3-c5"]["mean"] == pytest.approx(0.785)
+    assert s["paired"]["pixcon-sr - random-init [ft-c3-c5]"]["diffs"] == pytest.approx([0.02] * 2)
+    assert "c5" not in s["table"]["pixcon-sr"]
+    table = markdown(s, records).splitlines()
+    assert table[0] == (
+        "| method | mIoU C3-C5 probe (%) | mIoU C3-C5 fine-tune (%) | positives kept | final loss |"
+    )
+    assert table[1] == "|---|---|---|---|---|"
+    assert table[3] == "| pixcon-sr | 72.0 ± 0.0 | 78.5 ± 0.7 | - | - |"
