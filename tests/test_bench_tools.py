@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,38 @@ def test_pixcon_negatives_writes_strict_json_while_the_queue_holds_no_real_key(
     rows = [strict(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["neg_cos"] is None for r in rows] == [True, False]  # type: ignore[index]
     assert strict((tmp_path / "rows.json").read_text())["rows"] == rows  # type: ignore[index]
+
+
+def test_effective_rank_counts_equal_directions_and_one_line_as_one() -> None:
+    from bench.feature_rank import effective_rank
+
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    k = 5
+    coef = torch.randn(400, k)
+    coef = (coef - coef.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(coef.t()))).t()
+    cells = coef @ q[:k] + 3.0  # k orthogonal directions of equal variance, off the origin
+    assert effective_rank(cells) == pytest.approx(k, rel=1e-6)
+    line = torch.randn(50, 1) * torch.randn(1, 16)
+    assert effective_rank(line) == pytest.approx(1.0)
+    assert effective_rank(torch.ones(10, 4)) == 1.0  # all alike: no direction at all
+    # two directions, variance 3:1 -> p = (3/4, 1/4)
+    two = torch.cat([coef[:, :1] * 3**0.5, coef[:, 1:2]], 1) @ q[:2]
+    want = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert effective_rank(two) == pytest.approx(want, rel=1e-6)
+
+
+def test_stage_norms_group_the_conv_weights_of_each_stage() -> None:
+    import torchvision
+
+    from bench.feature_rank import stage_norms
+
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        net.conv1.weight.mul_(10.0)
+    norms = stage_norms(net)
+    assert list(norms) == ["conv1", "layer1", "layer2", "layer3", "layer4"]  # no fc (2-D)
+    assert norms["conv1"] == pytest.approx(float(net.conv1.weight.norm()), rel=1e-6)
+    want = math.sqrt(sum(float((p**2).sum()) for n, p in net.named_parameters()
+                         if n.startswith("layer4") and p.dim() == 4))  # fmt: skip
+    assert norms["layer4"] == pytest.approx(want, rel=1e-6)

@@ -1,0 +1,93 @@
+"""How many directions a backbone's features use at each level, in the mode each protocol reads.
+
+For each backbone (a ``RUN/last.pt``, or ``random:SEED`` for torchvision's initialisation of
+``--arch``) this reads a labeled split as ``datakit eval`` does (same size, same normalisation),
+takes the C3, C4 and C5 feature cells of ``--images`` images and prints, per level, the *effective
+rank* of the centred cells (exp of the entropy of the normalised squared singular values: k for k
+equal directions, 1 for features that vary along one line), in eval mode (BatchNorm's running
+statistics: what the linear probe reads) and in train mode (batch statistics: what fine-tuning
+starts from), and the norm of each stage's conv weights (``norm_conv1`` .. ``norm_layer4``).
+
+    python bench/feature_rank.py --data DATA random:0 RUN/last.pt ...
+
+docs/results.md (section 1, "Fine-tuning") has the table and what it says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch import Tensor
+
+from datakit.reader import open_dataset
+from training.eval_data import eval_size, normalise, read_split
+from training.evaluate import load_backbone
+
+LEVELS = ("c3", "c4", "c5")
+
+
+def effective_rank(cells: Tensor) -> float:
+    """cells (N, C): exp(-sum p log p) with p the squared singular values of the centred cells,
+    normalised to sum to 1 (Roy and Vetterli 2007). 1.0 for cells that are all alike."""
+    x = cells.double() - cells.double().mean(0)
+    s2 = torch.linalg.svdvals(x) ** 2
+    if float(s2.sum()) == 0.0:
+        return 1.0
+    p = s2 / s2.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def stage_norms(backbone: torch.nn.Module) -> dict[str, float]:
+    """The L2 norm of each stage's conv weights together (stem ``conv1``, ``layer1`` .. ``layer4``).
+    BatchNorm follows every conv, so a conv's output does not depend on its weights' scale, but its
+    effective step does (a step of size s moves a weight of norm n by s / n): plain SGD at a large
+    lr grows these norms, LARS does not."""
+    stages: dict[str, list[Tensor]] = {}
+    for name, p in backbone.named_parameters():
+        if p.dim() == 4:
+            stages.setdefault(name.split(".", 1)[0], []).append(p.detach())
+    return {
+        k: float(torch.stack([(w.double() ** 2).sum() for w in ws]).sum().sqrt())
+        for k, ws in stages.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("backbones", nargs="+", help="RUN/last.pt, or random:SEED")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--image-size", type=int, default=96, help="short side, as datakit eval's")
+    ap.add_argument("--images", type=int, default=64, help="one batch of this many images")
+    ap.add_argument("--arch", default="resnet18", help="for random:SEED")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ds = open_dataset(args.data)
+    first = ds.take(1, args.split)[0]
+    size = eval_size(first.rgb.shape[0], first.rgb.shape[1], args.image_size)
+    images = normalise(read_split(ds, args.split, size, limit=args.images).images)
+    for spec in args.backbones:
+        if spec.startswith("random:"):
+            torch.manual_seed(int(spec.split(":", 1)[1]))
+            backbone = load_backbone(None, LEVELS, arch=args.arch)
+        else:
+            backbone = load_backbone(spec, LEVELS)
+        row: dict[str, object] = {"backbone": spec}
+        for mode in ("eval", "train"):
+            backbone.train(mode == "train")  # train mode: BatchNorm normalises by this batch
+            with torch.no_grad():
+                feats = backbone(images)
+            for lv in LEVELS:
+                f = feats[lv].float()
+                row[f"{mode}_{lv}"] = round(effective_rank(f.transpose(0, 1).flatten(1).t()), 2)
+        row.update({f"norm_{k}": round(v, 1) for k, v in stage_norms(backbone).items()})
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
