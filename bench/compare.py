@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,6 +42,9 @@ METHODS: dict[str, list[str] | None] = {
     # semantic reweighting is on by default; a queue of 4096 as MoCo uses on small datasets (the
     # default 65536 would hold each of ~1000 scenes dozens of times over)
     "pixcon-sr": ["--method", "pixcon", "--set", "queue_size=4096"],
+    # not run by default: PixCon on its own recipe's optimizer (SGD) at the scale's lr multiplier,
+    # as the presets trained it until session 12 (docs/results.md, "PixCon's stem")
+    "pixcon-sr-sgd": ["--method", "pixcon", "--set", "queue_size=4096"],
     # not run by default: PixCon as it was until session 8, heads without BN (MoCo v2's, DenseCL's),
     # 512-wide predictors, base lr 0.3 (DenseCL's), before we followed PixCon's released code
     "pixcon-sr-nobn": [
@@ -55,9 +58,14 @@ METHODS: dict[str, list[str] | None] = {
         "pred_hidden=512",
     ],
 }
-DEFAULT_METHODS = [m for m in METHODS if m not in ("pixpro-ms", "pixcon-sr-nobn")]  # the five
+EXTRA_METHODS = ("pixpro-ms", "pixcon-sr-sgd", "pixcon-sr-nobn")
+DEFAULT_METHODS = [m for m in METHODS if m not in EXTRA_METHODS]  # the five
 # recipe base lr where a variant differs from its method's (METHOD_DEFAULTS)
 BASE_LR = {"pixcon-sr-nobn": 0.3}
+# the method whose optimizer and base lr every method shares under Scale.shared_optimizer, and the
+# variants that keep their own recipe's even then
+SHARED_RECIPE = "pixpro"
+OWN_OPTIMIZER = ("pixcon-sr-sgd", "pixcon-sr-nobn")
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,11 @@ class Scale:
     # at a small batch moves a LARS network by lr x trust per step, far less than the recipe's
     # thousands of steps do (docs/results.md, section 1)
     lr_scale: float = 1.0
+    # every method on one optimizer and base lr, PixPro's (LARS, 1.0 x batch / 256, times
+    # lr_scale), each keeping its own weight decay: plain SGD at the multiplied lr blows up a
+    # ResNet's stem (PixCon's conv1 weights grow 16-24x in the CPU preset's 70 steps), LARS scales
+    # each tensor's step to its norm (docs/results.md, "PixCon's stem")
+    shared_optimizer: bool = True
     warmup_steps: int = 0  # 0: the trainer's default (5 epochs, at most half the steps)
 
 
@@ -158,7 +171,12 @@ def run_one(
     if flags is not None:
         flags = [
             *flags,
-            *schedule_flags(flags[flags.index("--method") + 1], sc, BASE_LR.get(method)),
+            *schedule_flags(
+                flags[flags.index("--method") + 1],
+                sc,
+                BASE_LR.get(method),
+                own_optimizer=method in OWN_OPTIMIZER,
+            ),
         ]
     t0 = time.perf_counter()
     ckpt = run / "last.pt"
@@ -257,18 +275,41 @@ def run_one(
     return rec
 
 
-def schedule_flags(method: str, sc: Scale, base_lr: float | None = None) -> list[str]:
-    """``--set`` flags for the scale's lr multiplier and warmup (none at the defaults); ``base_lr``
-    replaces the method's recipe base lr."""
+def schedule_flags(
+    method: str, sc: Scale, base_lr: float | None = None, *, own_optimizer: bool = False
+) -> list[str]:
+    """``--set`` flags for the scale's optimizer, lr multiplier and warmup (none at the defaults).
+    Under ``sc.shared_optimizer`` (unless ``own_optimizer``) ``method`` takes SHARED_RECIPE's
+    optimizer and base lr; else its own recipe's, ``base_lr`` replacing the recipe's base lr."""
     from training.config import METHOD_DEFAULTS
 
     out = []
     recipe = METHOD_DEFAULTS[method]["base_lr"]
+    if sc.shared_optimizer and not own_optimizer:
+        shared = METHOD_DEFAULTS[SHARED_RECIPE]
+        if METHOD_DEFAULTS[method]["optimizer"] != shared["optimizer"]:
+            out += ["--set", f"optimizer={shared['optimizer']}"]
+        recipe, base_lr = shared["base_lr"], None
     if sc.lr_scale != 1.0 or (base_lr is not None and base_lr != recipe):
         out += ["--set", f"base_lr={(recipe if base_lr is None else base_lr) * sc.lr_scale:g}"]
     if sc.warmup_steps:
         out += ["--set", f"warmup_steps={sc.warmup_steps}"]
     return out
+
+
+def _yes(text: str) -> bool:
+    if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return text.lower() in ("1", "true", "yes")
+
+
+# a Scale field's command-line parser (int unless named here)
+FIELD_TYPES: dict[str, Callable[[str], Any]] = {
+    "size": str,
+    "arch": str,
+    "lr_scale": float,
+    "shared_optimizer": _yes,
+}
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -421,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(
             f"--{field.replace('_', '-')}",
             default=None,
-            type={"size": str, "arch": str, "lr_scale": float}.get(field, int),
+            type=FIELD_TYPES.get(field, int),
         )
     args = ap.parse_args(argv)
     sc = replace(

@@ -65,17 +65,35 @@ def test_t_of_zero_differences_without_spread_is_undefined() -> None:
     assert d["mean"] == 0.0 and math.isnan(d["t"])
 
 
-def test_the_cpu_preset_scales_each_variants_own_recipe_lr() -> None:
-    from bench.compare import BASE_LR, METHODS, PRESETS, schedule_flags
+def test_the_presets_train_every_method_on_one_optimizer_unless_a_variant_keeps_its_own() -> None:
+    from bench.compare import BASE_LR, METHODS, OWN_OPTIMIZER, PRESETS, schedule_flags
     from training.config import METHOD_DEFAULTS
 
     cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
-    assert cpu.lr_scale == 16 and METHOD_DEFAULTS["pixcon"]["base_lr"] == 0.4
-    assert schedule_flags("pixcon", cpu)[:2] == ["--set", "base_lr=6.4"]
-    # the pre-session-8 PixCon variant keeps DenseCL's base lr 0.3, scaled like every method's
-    assert schedule_flags("pixcon", cpu, BASE_LR["pixcon-sr-nobn"])[:2] == ["--set", "base_lr=4.8"]
-    assert schedule_flags("pixcon", gpu, 0.3) == ["--set", "base_lr=1.2"]
-    assert "head_bn=false" in METHODS["pixcon-sr-nobn"]
+    assert cpu.shared_optimizer and gpu.shared_optimizer
+    assert METHOD_DEFAULTS["pixpro"] == {"optimizer": "lars", "base_lr": 1.0, "weight_decay": 1e-5}
+    assert METHOD_DEFAULTS["pixcon"]["optimizer"] == "sgd"
+    # PixCon on PixPro's LARS and base lr, times the preset's multiplier; PixPro unchanged
+    assert schedule_flags("pixcon", cpu) == [
+        "--set", "optimizer=lars", "--set", "base_lr=16", "--set", "warmup_steps=10",
+    ]  # fmt: skip
+    assert schedule_flags("pixpro-depth", cpu) == [
+        "--set",
+        "base_lr=16",
+        "--set",
+        "warmup_steps=10",
+    ]
+    assert schedule_flags("pixcon", gpu) == ["--set", "optimizer=lars", "--set", "base_lr=4"]
+    # the variants that keep their own recipe: SGD at its base lr (0.4, DenseCL's 0.3) x16
+    assert set(OWN_OPTIMIZER) == {"pixcon-sr-sgd", "pixcon-sr-nobn"}
+    assert schedule_flags("pixcon", cpu, own_optimizer=True)[:2] == ["--set", "base_lr=6.4"]
+    assert schedule_flags("pixcon", cpu, BASE_LR["pixcon-sr-nobn"], own_optimizer=True)[:2] == [
+        "--set",
+        "base_lr=4.8",
+    ]
+    assert schedule_flags("pixcon", gpu, 0.3, own_optimizer=True) == ["--set", "base_lr=1.2"]
+    assert "head_bn=false" in METHODS["pixcon-sr-nobn"]  # type: ignore[operator]
+    assert METHODS["pixcon-sr-sgd"] == METHODS["pixcon-sr"]  # the optimizer is all that differs
 
 
 def test_fine_tune_probes_are_summarised_beside_or_instead_of_the_linear_ones() -> None:
