@@ -25,34 +25,47 @@ def test_cli_doc_names_every_command():
         assert f"datakit {name}" in text, f"docs/cli.md does not describe `datakit {name}`"
 
 
-def test_results_table_matches_its_records():
-    """docs/results.md's CPU table (mean ± std per method and probe, and the paired differences)
-    is what bench/compare.py's summary gives for docs/results_cpu_records.jsonl. Rows rebuilt from
-    0.1-rounded differences may differ from the table's exact ones by one rounding step."""
+PROBE_LABELS = {
+    "c5": "C5",
+    "c3-c5": "C3-C5",
+    "ft-c5": "C5 fine-tune",
+    "ft-c3-c5": "C3-C5 fine-tune",
+}
+
+
+def test_results_tables_match_their_records():
+    """Each CPU table of docs/results.md (mean ± std per method and probe, and the paired
+    differences), between ``<!-- records: FILE -->`` and ``<!-- records-end -->``, is what
+    bench/compare.py's summary gives for docs/FILE. Rows rebuilt from 0.1-rounded differences may
+    differ from the table's exact ones by one rounding step."""
     import json
 
-    from bench.compare import summarise
+    from bench.compare import PROBES, summarise
 
-    records = [json.loads(x) for x in (DOCS / "results_cpu_records.jsonl").read_text().splitlines()]
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    summary = summarise(records, methods)
     text = (DOCS / "results.md").read_text()
-    for m in methods:
-        row = re.search(rf"^\| {re.escape(m)} \| ([^|]+) \| ([^|]+) \|", text, re.M)
-        assert row, f"results.md has no table row for {m}"
-        for cell, probe in zip(row.groups(), ("c5", "c3-c5"), strict=True):
-            mean, std = (float(x) for x in re.findall(r"[\d.]+", cell))
-            want = summary["table"][m][probe]
-            assert abs(mean - 100 * want["mean"]) <= 0.11, (m, probe, cell)
-            assert abs(std - 100 * want["std"]) <= 0.11, (m, probe, cell)
-    for name, d in summary["paired"].items():
-        m, base, probe = re.fullmatch(r"(\S+) - (\S+) \[(\S+)\]", name).groups()
-        label = {"c5": "C5", "c3-c5": "C3-C5"}[probe]
-        row = re.search(
-            rf"^\| \**{re.escape(f'{m} - {base}, {label}')}\** \| [^|]+ \| \**([+-][\d.]+) ± ([\d.]+)",
-            text,
-            re.M,
-        )
-        assert row, f"results.md has no paired row for {name}"
-        assert abs(float(row.group(1)) - 100 * d["mean"]) <= 0.11, (name, row.group(0))
-        assert abs(float(row.group(2)) - 100 * d["std"]) <= 0.11, (name, row.group(0))
+    blocks = re.findall(r"<!-- records: (\S+) -->\n(.*?)<!-- records-end -->", text, re.S)
+    assert len(blocks) >= 2, "results.md lost its records markers"
+    for name, block in blocks:
+        lines = (DOCS / name).read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        methods = list(dict.fromkeys(r["method"] for r in records))
+        probes = [p for p in PROBES if all(p in r for r in records)]
+        summary = summarise(records, methods, probes)
+        for m in methods:
+            cells = r" \| ".join(["([^|]+)"] * len(probes))
+            row = re.search(rf"^\| {re.escape(m)} \| {cells} \|", block, re.M)
+            assert row, f"{name}: its table has no row for {m}"
+            for cell, probe in zip(row.groups(), probes, strict=True):
+                mean, std = (float(x) for x in re.findall(r"[\d.]+", cell))
+                want = summary["table"][m][probe]
+                assert abs(mean - 100 * want["mean"]) <= 0.11, (name, m, probe, cell)
+                assert abs(std - 100 * want["std"]) <= 0.11, (name, m, probe, cell)
+        for pair, d in summary["paired"].items():
+            m, base, probe = re.fullmatch(r"(\S+) - (\S+) \[(\S+)\]", pair).groups()
+            label = re.escape(f"{m} - {base}, {PROBE_LABELS[probe]}")
+            row = re.search(
+                rf"^\| \**{label}\** \| [^|]+ \| \**([+-][\d.]+) ± ([\d.]+)", block, re.M
+            )
+            assert row, f"{name}: its table has no paired row for {pair}"
+            assert abs(float(row.group(1)) - 100 * d["mean"]) <= 0.11, (name, row.group(0))
+            assert abs(float(row.group(2)) - 100 * d["std"]) <= 0.11, (name, row.group(0))
