@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from datakit.reader import open_dataset
-from training.eval_data import eval_size, normalise, read_split
+from training.eval_data import LabeledImages, eval_size, normalise, read_split
 from training.evaluate import load_backbone
 from training.models import Backbone
 
@@ -101,27 +102,47 @@ def c5_features(backbone: Backbone, images: Tensor, batch_size: int = 32) -> Ten
     return torch.cat(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def backbone_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments of the scripts that read frozen backbones on a labeled split: backbones
+    (``RUN/last.pt`` or ``random:SEED``), ``--data``, ``--split``, ``--image-size``, ``--arch``."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
     ap.add_argument("backbones", nargs="+", help="RUN/last.pt, or random:SEED")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--image-size", type=int, default=96, help="short side, as datakit eval's")
     ap.add_argument("--arch", default="resnet18", help="for random:SEED")
-    ap.add_argument("--purity", type=float, default=0.9, help="a cell's label counts above this")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    return ap
+
+
+def load_spec(spec: str, levels: tuple[str, ...], arch: str) -> Backbone:
+    """``RUN/last.pt`` (or weights), or ``random:SEED``: torchvision's initialisation of ``arch``
+    under that seed."""
+    if spec.startswith("random:"):
+        torch.manual_seed(int(spec.split(":", 1)[1]))
+        return load_backbone(None, levels, arch=arch)
+    return load_backbone(spec, levels)
+
+
+def read_labeled(args: argparse.Namespace, limit: int | None = None) -> tuple[Any, LabeledImages]:
+    """The dataset of ``args.data`` and (at most ``limit`` of) its ``args.split``, read as ``datakit
+    eval`` reads it at ``args.image_size``."""
     ds = open_dataset(args.data)
     first = ds.take(1, args.split)[0]
     size = eval_size(first.rgb.shape[0], first.rgb.shape[1], args.image_size)
-    data = read_split(ds, args.split, size)
+    return ds, read_split(ds, args.split, size, limit=limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = backbone_parser(__doc__)
+    ap.add_argument("--purity", type=float, default=0.9, help="a cell's label counts above this")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ds, data = read_labeled(args)
     ignore = int((ds.info.labels or {}).get("ignore_index", 255))
     for spec in args.backbones:
-        if spec.startswith("random:"):
-            torch.manual_seed(int(spec.split(":", 1)[1]))
-            backbone = load_backbone(None, ("c5",), arch=args.arch)
-        else:
-            backbone = load_backbone(spec, ("c5",))
+        backbone = load_spec(spec, ("c5",), args.arch)
         feats = c5_features(backbone, data.images)
         major, share = cell_labels(data.labels, tuple(feats.shape[2:]), ignore)  # type: ignore[arg-type]
         stats = similarity_stats(feats, major, share > args.purity)

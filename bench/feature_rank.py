@@ -15,16 +15,17 @@ docs/results.md (section 1, "Fine-tuning") has the table and what it says.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from datakit.reader import open_dataset
-from training.eval_data import eval_size, normalise, read_split
-from training.evaluate import load_backbone
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cell_similarity import backbone_parser, load_spec, read_labeled  # noqa: E402
+from training.eval_data import normalise  # noqa: E402
 
 LEVELS = ("c3", "c4", "c5")
 
@@ -57,25 +58,13 @@ def stage_norms(backbone: torch.nn.Module) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("backbones", nargs="+", help="RUN/last.pt, or random:SEED")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--image-size", type=int, default=96, help="short side, as datakit eval's")
+    ap = backbone_parser(__doc__)
     ap.add_argument("--images", type=int, default=64, help="one batch of this many images")
-    ap.add_argument("--arch", default="resnet18", help="for random:SEED")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ds = open_dataset(args.data)
-    first = ds.take(1, args.split)[0]
-    size = eval_size(first.rgb.shape[0], first.rgb.shape[1], args.image_size)
-    images = normalise(read_split(ds, args.split, size, limit=args.images).images)
+    images = normalise(read_labeled(args, limit=args.images)[1].images)
     for spec in args.backbones:
-        if spec.startswith("random:"):
-            torch.manual_seed(int(spec.split(":", 1)[1]))
-            backbone = load_backbone(None, LEVELS, arch=args.arch)
-        else:
-            backbone = load_backbone(spec, LEVELS)
+        backbone = load_spec(spec, LEVELS, args.arch)
         row: dict[str, object] = {"backbone": spec}
         for mode in ("eval", "train"):
             backbone.train(mode == "train")  # train mode: BatchNorm normalises by this batch
