@@ -1,8 +1,8 @@
 """The papers' claim, measured: does depth-aware PixPro beat PixPro on segmentation probes?
 
 Pretrains random-init (no training) / PixPro / PixPro-depth / PixPro-depth multi-scale / PixCon (with
-semantic reweighting) on the same synthetic scenes with the same budget (steps, batch, image size)
-and seeds, evaluates each with the linear probe of ``datakit eval`` on C5 and on concatenated C3-C5,
+semantic reweighting) on the same synthetic scenes with the same budget (steps, batch, image size,
+optimizer and lr: PixPro's LARS for every method unless ``--shared-optimizer no``) and seeds, evaluates each with the linear probe of ``datakit eval`` on C5 and on concatenated C3-C5,
 or (``--probes ft-c5 ft-c3-c5``) with its fine-tune protocol, the backbone trained too,
 prints a table of mean and std over the seeds and the paired per-seed differences against random
 init and against PixPro (with t statistics), and saves a plot and ``summary.json``. Every step is a
@@ -99,9 +99,10 @@ class Scale:
     eval_epochs: int = 30
     eval_batch_size: int = 32
     workers: int = 4  # loader processes per run
-    # every method's recipe lr (base_lr x batch / 256) times this: a schedule of a few dozen steps
+    # the recipe lr (base_lr x batch / 256; PixPro's for every method under shared_optimizer,
+    # else each method's own) times this: a schedule of a few dozen steps
     # at a small batch moves a LARS network by lr x trust per step, far less than the recipe's
-    # thousands of steps do (docs/results.md, section 1)
+    # thousands of steps do (docs/results.md, section 1b)
     lr_scale: float = 1.0
     # every method on one optimizer and base lr, PixPro's (LARS, 1.0 x batch / 256, times
     # lr_scale), each keeping its own weight decay: plain SGD at the multiplied lr blows up a

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements still owed, batched for a lent machine. A task drawn for one now has 15
 # minutes of device time in all (the machine's start, 1-2 min, included; 10 min at most a call), so
-# run the one part issue 9 (open) needs first, in one call, and the others (issues 7 and 8, ended
-# blocked on their H100 lines) only if a second call still fits:
+# run issue 9's GPU comparison first, in one call, and the others (issues 7 and 8, ended blocked
+# on their H100 lines) only if a second call still fits:
 #
 # The device machine has python3 with torch, torchvision, opencv-python-headless, numpy, click,
 # pyyaml, tqdm, h5py, matplotlib, pytest(-timeout), hypothesis, and no network. What datakit needs
